@@ -1,0 +1,109 @@
+"""Small pieces shared by the task families: index selection, default seeding, task pools.
+
+Kept free of simulator imports so that ``import resel_train.envs`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+SIM_INSTALL_HINT = "pip install 'resel[sim]'"
+SPLITS = ("train", "test")
+
+
+def require(module: str, task_id: str, install: str = SIM_INSTALL_HINT) -> None:
+    """Fail early with an actionable message when an optional simulator package is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(
+            f"Task '{task_id}' needs the optional package '{module}', which is not installed. "
+            f"Install it with: {install}"
+        )
+
+
+class SelectObservation(gym.ObservationWrapper):
+    """Keep only some entries of a flat Box observation (the -P / -V POMDP variants).
+
+    The new space slices the bounds of the old one, so nothing about the kept entries changes.
+    """
+
+    def __init__(self, env: gym.Env, indices: Sequence[int]):
+        super().__init__(env)
+        space = env.observation_space
+        assert isinstance(space, spaces.Box) and len(space.shape) == 1, space
+        self.indices = np.asarray(indices, dtype=np.int64)
+        if self.indices.max() >= space.shape[0]:
+            raise ValueError(f"index {self.indices.max()} out of range for observation of size {space.shape[0]}")
+        self.observation_space = spaces.Box(
+            low=space.low[self.indices].astype(np.float32),
+            high=space.high[self.indices].astype(np.float32),
+            dtype=np.float32,
+        )
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return np.asarray(observation, dtype=np.float32)[self.indices]
+
+
+class DefaultSeed(gym.Wrapper):
+    """Use the ``seed`` given to ``make_env`` for the first ``reset()`` that passes none.
+
+    Seeding lazily (instead of calling ``reset`` inside ``make_env``) keeps task sequences such as
+    the test-split cycle starting at their first task. Public attributes of the wrapped task
+    wrappers (``gravity_scale``, ``task``, ...) stay reachable through this outermost wrapper.
+    """
+
+    def __init__(self, env: gym.Env, seed: int | None):
+        super().__init__(env)
+        self._default_seed = seed
+        if seed is not None:
+            self.action_space.seed(seed)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is None and self._default_seed is not None:
+            seed, self._default_seed = self._default_seed, None
+        return self.env.reset(seed=seed, options=options)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self.env.get_wrapper_attr(name)
+
+
+class TaskPool:
+    """A fixed pool of hidden task parameters, split into train (first) and test (last) tasks.
+
+    The pool is drawn once from ``pool_seed``, independent of the environment seed, so every run
+    and every worker sees the same tasks. ``split="train"`` samples a training task uniformly with
+    the pool's own generator (re-seeded by ``reset(seed=...)``); ``split="test"`` walks through the
+    test tasks in order, so an evaluation of ``len(test)`` episodes covers each test task once.
+    """
+
+    def __init__(self, tasks: Sequence[Any], n_train: int, split: str):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.train = list(tasks[:n_train])
+        self.test = list(tasks[n_train:])
+        self.split = split
+        self._rng = np.random.default_rng()
+        self._next_test = 0
+
+    def seed(self, seed: int | None) -> None:
+        """Re-seed the training-task generator (called on ``reset(seed=...)``).
+
+        The test cycle is deliberately not restarted: an evaluator that seeds every episode still
+        walks through all test tasks.
+        """
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+
+    def draw(self) -> Any:
+        """The task for the next episode."""
+        if self.split == "train":
+            return self.train[int(self._rng.integers(len(self.train)))]
+        task = self.test[self._next_test % len(self.test)]
+        self._next_test += 1
+        return task

@@ -1,0 +1,69 @@
+"""The RESeL critic: its own history embedding and context encoder, and an 8-head Q ensemble."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from resel_train.nets.encoders import State, make_encoder
+from resel_train.nets.inputs import HistoryEmbedding, xavier_init
+
+
+class EnsembleLinear(nn.Module):
+    """``n`` independent Linear layers applied as one batched matmul: (n, N, in) -> (n, N, out)."""
+
+    def __init__(self, n: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.zeros(n, 1, out_dim))
+        bound = math.sqrt(6.0 / (in_dim + out_dim))  # Xavier-uniform per member
+        nn.init.uniform_(self.weight, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class Critic(nn.Module):
+    """Q_k(o_t, a_t, context_t) for k = 1..n_heads, computed together."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        reward_as_input: bool = False,
+        encoder: str = "mamba",
+        encoder_kwargs: dict | None = None,
+        n_heads: int = 8,
+        embed: int = 128,
+        hidden: int = 256,
+    ) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.embedding = HistoryEmbedding(obs_dim, act_dim, reward_as_input, embed)
+        self.encoder = make_encoder(encoder, self.embedding.out_dim, embed, hidden, **(encoder_kwargs or {}))
+        self.head_obs = nn.Linear(obs_dim, embed)
+        self.head_act = nn.Linear(act_dim, embed)
+        self.layers = nn.ModuleList(
+            [EnsembleLinear(n_heads, 3 * embed, hidden), EnsembleLinear(n_heads, hidden, hidden),
+             EnsembleLinear(n_heads, hidden, 1)]
+        )
+        xavier_init(self)
+
+    def context(
+        self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None, resets: Tensor,
+        state: State | None = None,
+    ) -> Tensor:
+        """Context sequence (b, L, embed) for the whole packed batch."""
+        return self.encoder(self.embedding(obs, prev_obs, prev_act, prev_rew), resets, state)[0]
+
+    def q(self, obs: Tensor, act: Tensor, context: Tensor) -> Tensor:
+        """Q values (..., n_heads) for any leading shape."""
+        lead = obs.shape[:-1]
+        x = torch.cat([self.head_obs(obs), self.head_act(act), context], dim=-1).reshape(1, -1, context.shape[-1] * 3)
+        x = x.expand(self.n_heads, -1, -1)
+        for layer in self.layers[:-1]:
+            x = F.elu(layer(x))
+        return self.layers[-1](x).squeeze(-1).transpose(0, 1).reshape(*lead, self.n_heads)

@@ -1,0 +1,165 @@
+"""Context encoders: Linear -> ELU -> memory core -> ELU -> Linear, with one interface for all cores.
+
+Every encoder offers
+- ``initial_state(batch)``: a tuple of zero tensors (empty for the memoryless MLP);
+- ``forward(x_seq, resets, state=None) -> (y_seq, final_state)`` over (batch, L, in_dim) sequences;
+- ``step(x_t, reset_t, state) -> (y_t, new_state)``: O(1) per step, returns new tensors and never
+  writes into its inputs (ONNX exporters drop in-place writes to graph inputs).
+A reset (1 at the first step of a trajectory) discards all memory before it, so trajectories can
+be stacked in one row.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from resel_train.nets.mamba import MambaBlock
+
+State = tuple[Tensor, ...]
+ENCODER_KINDS = ("mamba", "gru", "mlp")
+
+
+class ContextEncoder(nn.Module):
+    """Shared wrapper; subclasses implement the memory core between the two linear layers."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim, self.hidden = in_dim, out_dim, hidden
+        self.input = nn.Linear(in_dim, hidden)
+        self.output = nn.Linear(hidden, out_dim)
+
+    def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        raise NotImplementedError
+
+    def state_names(self) -> list[str]:
+        """Stable names of the state tensors, in order (used for exported graph I/O)."""
+        raise NotImplementedError
+
+    def _core(self, h: Tensor, resets: Tensor, state: State) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def _core_step(self, h: Tensor, reset: Tensor, state: State) -> tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def forward(self, x_seq: Tensor, resets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        if state is None:
+            state = self.initial_state(x_seq.shape[0], x_seq.device, x_seq.dtype)
+        h, state = self._core(F.elu(self.input(x_seq)), resets, state)
+        return self.output(F.elu(h)), state
+
+    def step(self, x_t: Tensor, reset_t: Tensor, state: State) -> tuple[Tensor, State]:
+        h, state = self._core_step(F.elu(self.input(x_t)), reset_t, state)
+        return self.output(F.elu(h)), state
+
+
+class MambaEncoder(ContextEncoder):
+    """The RESeL context encoder: a stack of Mamba blocks."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 128,
+        hidden: int = 256,
+        n_blocks: int = 1,
+        d_state: int = 64,
+        d_conv: int = 8,
+        expand: int = 2,
+        dt_rank: int = 16,
+        scan_impl: str = "auto",
+    ) -> None:
+        super().__init__(in_dim, out_dim, hidden)
+        self.blocks = nn.ModuleList(
+            MambaBlock(hidden, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, scan_impl=scan_impl)
+            for _ in range(n_blocks)
+        )
+
+    def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        return tuple(t for block in self.blocks for t in block.mixer.initial_state(batch, device, dtype))
+
+    def state_names(self) -> list[str]:
+        return [f"block{i}.{kind}" for i in range(len(self.blocks)) for kind in ("conv", "ssm")]
+
+    def _core(self, h, resets, state):
+        new_state: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            h, (conv, ssm) = block(h, resets, (state[2 * i], state[2 * i + 1]))
+            new_state += [conv, ssm]
+        return h, tuple(new_state)
+
+    def _core_step(self, h, reset, state):
+        new_state: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            h, (conv, ssm) = block.step(h, reset, (state[2 * i], state[2 * i + 1]))
+            new_state += [conv, ssm]
+        return h, tuple(new_state)
+
+
+class GRUEncoder(ContextEncoder):
+    """The paper's GRU ablation: input projections for the whole sequence at once, then a step loop."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256) -> None:
+        super().__init__(in_dim, out_dim, hidden)
+        self.cell = nn.GRUCell(hidden, hidden)
+
+    def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        return (torch.zeros(batch, self.hidden, device=device, dtype=dtype),)
+
+    def state_names(self) -> list[str]:
+        return ["gru"]
+
+    def _gates(self, gi: Tensor, h: Tensor) -> Tensor:
+        gh = F.linear(h, self.cell.weight_hh, self.cell.bias_hh)
+        i_r, i_z, i_n = gi.chunk(3, dim=-1)
+        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        return (1.0 - z) * n + z * h
+
+    def _core(self, h_in, resets, state):
+        gi = F.linear(h_in, self.cell.weight_ih, self.cell.bias_ih)  # (b, L, 3*hidden)
+        keep = 1.0 - resets.to(h_in.dtype)
+        h = state[0]
+        outputs = []
+        for t in range(h_in.shape[1]):
+            h = self._gates(gi[:, t], h * keep[:, t, None])
+            outputs.append(h)
+        return torch.stack(outputs, dim=1), (h,)
+
+    def _core_step(self, h_in, reset, state):
+        h = state[0] * (1.0 - reset.to(h_in.dtype))[:, None]
+        h = self._gates(F.linear(h_in, self.cell.weight_ih, self.cell.bias_ih), h)
+        return h, (h,)
+
+
+class MLPEncoder(ContextEncoder):
+    """No memory: the baseline that sees only the current inputs."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256) -> None:
+        super().__init__(in_dim, out_dim, hidden)
+        self.hidden_layer = nn.Linear(hidden, hidden)
+
+    def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        return ()
+
+    def state_names(self) -> list[str]:
+        return []
+
+    def _core(self, h, resets, state):
+        return self.hidden_layer(h), ()
+
+    def _core_step(self, h, reset, state):
+        return self.hidden_layer(h), ()
+
+
+def make_encoder(kind: str, in_dim: int, out_dim: int = 128, hidden: int = 256, **mamba_kwargs) -> ContextEncoder:
+    """Build a context encoder by name; ``mamba_kwargs`` (n_blocks, d_state, ...) apply to Mamba only."""
+    if kind == "mamba":
+        return MambaEncoder(in_dim, out_dim, hidden, **mamba_kwargs)
+    if kind == "gru":
+        return GRUEncoder(in_dim, out_dim, hidden)
+    if kind == "mlp":
+        return MLPEncoder(in_dim, out_dim, hidden)
+    raise ValueError(f"unknown encoder {kind!r}; choose one of {ENCODER_KINDS}")

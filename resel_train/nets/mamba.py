@@ -1,0 +1,122 @@
+"""Mamba (selective SSM) mixer and the RESeL Mamba block, reset-aware in both forms.
+
+Parameter names follow mamba-ssm's ``Mamba`` module (in_proj, conv1d, x_proj, dt_proj, A_log,
+D, out_proj), so a ``state_dict`` trained there loads here unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from resel_train.ops.conv import causal_conv1d, causal_conv1d_step
+from resel_train.ops.scan import selective_scan
+
+MambaState = tuple[Tensor, Tensor]  # (conv window (b, d_inner, d_conv-1), ssm state (b, d_inner, d_state))
+
+
+class Mamba(nn.Module):
+    """The selective-SSM mixer: in_proj -> causal conv -> SiLU -> selective scan -> gate -> out_proj."""
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        d_state: int = 64,
+        d_conv: int = 8,
+        expand: int = 2,
+        dt_rank: int | None = 16,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_floor: float = 1e-4,
+        scan_impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.scan_impl = scan_impl
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(self.d_inner, 1))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self._init_dt(dt_min, dt_max, dt_floor)
+
+    def _init_dt(self, dt_min: float, dt_max: float, dt_floor: float) -> None:
+        """Mamba's dt init: softplus(bias) log-uniform in [dt_min, dt_max]."""
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+    def initial_state(self, batch: int, device=None, dtype=torch.float32) -> MambaState:
+        return (
+            torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+            torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=dtype),
+        )
+
+    def _split(self, x_dbl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+
+    def forward(self, x: Tensor, reset: Tensor | None, state: MambaState | None = None) -> tuple[Tensor, MambaState]:
+        """x (b, L, d_model), reset (b, L) -> y (b, L, d_model), final state."""
+        conv_state, ssm_state = (None, None) if state is None else state
+        xz = self.in_proj(x).transpose(1, 2)  # (b, 2*d_inner, L)
+        xs, z = xz.chunk(2, dim=1)
+        weight = self.conv1d.weight.squeeze(1)
+        xs, conv_final = causal_conv1d(xs, weight, self.conv1d.bias, reset, conv_state)
+        xs = F.silu(xs)
+        dt, B, C = self._split(self.x_proj(xs.transpose(1, 2)))
+        delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)
+        y, ssm_final = selective_scan(
+            xs, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2), self.D.float(),
+            z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True, reset=reset,
+            initial_state=ssm_state, return_last_state=True, impl=self.scan_impl,
+        )
+        return self.out_proj(y.transpose(1, 2)), (conv_final, ssm_final)
+
+    def step(self, x: Tensor, reset: Tensor | None, state: MambaState) -> tuple[Tensor, MambaState]:
+        """One step, O(1) in the episode length: x (b, d_model) -> y (b, d_model), new state."""
+        conv_state, ssm_state = state
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        xs, conv_state = causal_conv1d_step(xs, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, reset)
+        xs = F.silu(xs)
+        dt, B, C = self._split(self.x_proj(xs))
+        dt = F.softplus(self.dt_proj(dt))  # (b, d_inner)
+        decay = torch.exp(dt[:, :, None] * -torch.exp(self.A_log))
+        if reset is not None:
+            decay = decay * (1.0 - reset.to(decay.dtype))[:, None, None]
+        ssm_state = decay * ssm_state + (dt * xs)[:, :, None] * B[:, None, :]
+        y = (ssm_state * C[:, None, :]).sum(-1) + self.D * xs
+        y = y * F.silu(z)
+        return self.out_proj(y), (conv_state, ssm_state)
+
+
+class MambaBlock(nn.Module):
+    """RESeL's block: h = x + Mamba(RMSNorm(x)); out = LayerNorm(h + W2 GELU(W1 h))."""
+
+    def __init__(self, d_model: int = 256, **mamba_kwargs) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(d_model, eps=1e-8)
+        self.mixer = Mamba(d_model, **mamba_kwargs)
+        self.ff_in = nn.Linear(d_model, d_model)
+        self.ff_out = nn.Linear(d_model, d_model)
+        self.ff_norm = nn.LayerNorm(d_model)
+
+    def _feed_forward(self, h: Tensor) -> Tensor:
+        return self.ff_norm(h + self.ff_out(F.gelu(self.ff_in(h))))
+
+    def forward(self, x: Tensor, reset: Tensor | None, state: MambaState | None = None) -> tuple[Tensor, MambaState]:
+        y, state = self.mixer(self.norm(x), reset, state)
+        return self._feed_forward(x + y), state
+
+    def step(self, x: Tensor, reset: Tensor | None, state: MambaState) -> tuple[Tensor, MambaState]:
+        y, state = self.mixer.step(self.norm(x), reset, state)
+        return self._feed_forward(x + y), state

@@ -1,0 +1,72 @@
+"""The RESeL policy: history embedding -> context encoder -> tanh-squashed Gaussian head."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from resel_train.nets.encoders import State, make_encoder
+from resel_train.nets.inputs import HistoryEmbedding, xavier_init
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class Policy(nn.Module):
+    """pi(a_t | o_t, context_t); the context summarises (o, o_prev, a_prev[, r_prev]) up to t."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        reward_as_input: bool = False,
+        encoder: str = "mamba",
+        encoder_kwargs: dict | None = None,
+        embed: int = 128,
+        hidden: int = 256,
+    ) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim, self.reward_as_input = obs_dim, act_dim, reward_as_input
+        self.embedding = HistoryEmbedding(obs_dim, act_dim, reward_as_input, embed)
+        self.encoder = make_encoder(encoder, self.embedding.out_dim, embed, hidden, **(encoder_kwargs or {}))
+        self.head_obs = nn.Linear(obs_dim, embed)
+        self.head = nn.Sequential(
+            nn.Linear(2 * embed, hidden), nn.ELU(),
+            nn.Linear(hidden, hidden), nn.ELU(),
+            nn.Linear(hidden, 2 * act_dim),
+        )
+        xavier_init(self)
+
+    def _head(self, obs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        log_std, mean = self.head(torch.cat([self.head_obs(obs), context], dim=-1)).chunk(2, dim=-1)
+        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def forward(
+        self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None, resets: Tensor,
+        state: State | None = None,
+    ) -> tuple[Tensor, Tensor, State]:
+        """Sequences (b, L, .) -> mean, log_std (b, L, act_dim) and the final encoder state."""
+        context, state = self.encoder(self.embedding(obs, prev_obs, prev_act, prev_rew), resets, state)
+        mean, log_std = self._head(obs, context)
+        return mean, log_std, state
+
+    def step(
+        self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None, reset: Tensor, state: State
+    ) -> tuple[Tensor, Tensor, State]:
+        """One control step, (b, .) inputs, O(1) in the episode length."""
+        context, state = self.encoder.step(self.embedding(obs, prev_obs, prev_act, prev_rew), reset, state)
+        mean, log_std = self._head(obs, context)
+        return mean, log_std, state
+
+
+def sample_squashed(mean: Tensor, log_std: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Reparameterised tanh-Gaussian sample and its log-prob (summed over action dims, keepdim)."""
+    std = log_std.exp()
+    noise = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
+    pre_tanh = mean + std * noise
+    gaussian = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+    correction = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
+    log_prob = (gaussian - correction).sum(-1, keepdim=True)
+    return torch.tanh(pre_tanh), log_prob

@@ -1,0 +1,61 @@
+"""Causal depthwise conv1d that never mixes data across a trajectory reset.
+
+A tap that reaches back past the latest reset (or into the initial window after a reset) is
+masked out, so two trajectories stacked in one row see exactly what each sees alone. The step
+form keeps the last ``kernel - 1`` inputs as explicit state and zeroes them at ``is_first``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _segment_start(reset: Tensor | None, batch: int, length: int, kernel: int, device) -> Tensor:
+    """Index of the latest reset at or before each step, or -kernel when there was none (b, L)."""
+    none = torch.full((batch, length), -kernel, dtype=torch.long, device=device)
+    if reset is None:
+        return none
+    idx = torch.arange(length, device=device).expand(batch, length)
+    return torch.where(reset.bool(), idx, none).cummax(dim=1).values
+
+
+def causal_conv1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    reset: Tensor | None = None,
+    initial_state: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Sequence form. x (b, d, L), weight (d, k), initial_state (b, d, k-1) of earlier inputs.
+
+    Returns y (b, d, L) and the window to carry into the next call (b, d, k-1).
+    """
+    batch, dim, length = x.shape
+    kernel = weight.shape[-1]
+    history = x.new_zeros(batch, dim, kernel - 1) if initial_state is None else initial_state
+    padded = torch.cat([history, x], dim=-1)  # position p of padded is time p - (k - 1)
+    windows = padded.unfold(-1, kernel, 1)  # (b, d, L, k); tap j reads time t - (k - 1) + j
+    start = _segment_start(reset, batch, length, kernel, x.device)
+    tap_time = torch.arange(length, device=x.device)[:, None] - (kernel - 1) + torch.arange(kernel, device=x.device)
+    valid = (tap_time[None] >= start[:, :, None]).to(x.dtype)  # (b, L, k)
+    y = torch.einsum("bdlk,blk,dk->bdl", windows, valid, weight)
+    if bias is not None:
+        y = y + bias[None, :, None]
+    last_times = torch.arange(length - (kernel - 1), length, device=x.device)
+    last_valid = (last_times[None] >= start[:, -1:]).to(x.dtype)  # (b, k-1)
+    final = padded[:, :, -(kernel - 1):] * last_valid[:, None, :]
+    return y, final
+
+
+def causal_conv1d_step(
+    x_t: Tensor, window: Tensor, weight: Tensor, bias: Tensor | None, reset_t: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """One step. x_t (b, d), window (b, d, k-1) -> y_t (b, d) and a new window (no in-place writes)."""
+    if reset_t is not None:
+        window = window * (1.0 - reset_t.to(window.dtype))[:, None, None]
+    full = torch.cat([window, x_t[:, :, None]], dim=-1)
+    y = (full * weight[None]).sum(-1)
+    if bias is not None:
+        y = y + bias
+    return y, full[:, :, 1:]
