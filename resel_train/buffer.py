@@ -67,7 +67,7 @@ class Batch:
 
     next_view = staticmethod(next_view)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
                         for f in fields(self)})
 
@@ -162,9 +162,7 @@ class TrajectoryBuffer:
             rew = rew[:, 0]
         if rew.shape != (T,):
             raise ValueError(f"rew must have shape (T={T},) to match obs {obs.shape}, got {rew.shape}")
-        if isinstance(terminated, (bool, np.bool_)):
-            terminated = bool(terminated)
-        elif isinstance(terminated, (int, np.integer)) and int(terminated) in (0, 1):
+        if isinstance(terminated, (bool, np.bool_)) or isinstance(terminated, (int, np.integer)) and int(terminated) in (0, 1):
             terminated = bool(terminated)
         else:
             raise ValueError(f"terminated must be a bool, got {terminated!r}")
@@ -217,7 +215,7 @@ class TrajectoryBuffer:
         while remaining > total:  # fewer stored transitions than requested: use every trajectory
             parts.append(rng.permutation(n))
             remaining -= total
-        lens_of = lambda i: self._traj_len[(self._head + i) % M]  # noqa: E731
+        lens_of = lambda i: self._traj_len[(self._head + i) % M]
         k = min(n, max(4, int(2 * remaining * n / total) + 4))
         while True:
             pick = rng.choice(n, size=k, replace=False) if k < n else rng.permutation(n)

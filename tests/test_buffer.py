@@ -27,7 +27,7 @@ def make_traj(uid: int, T: int, rng: np.random.Generator, terminated: bool | Non
     rew = rng.standard_normal(T).astype(np.float32)
     if terminated is None:
         terminated = bool(rng.random() < 0.5)
-    return dict(uid=uid, obs=obs, act=act, rew=rew, terminated=terminated, T=T)
+    return {"uid": uid, "obs": obs, "act": act, "rew": rew, "terminated": terminated, "T": T}
 
 
 def add(buf: TrajectoryBuffer, tr: dict) -> None:
