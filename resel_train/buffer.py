@@ -162,7 +162,9 @@ class TrajectoryBuffer:
             rew = rew[:, 0]
         if rew.shape != (T,):
             raise ValueError(f"rew must have shape (T={T},) to match obs {obs.shape}, got {rew.shape}")
-        if isinstance(terminated, (bool, np.bool_)) or isinstance(terminated, (int, np.integer)) and int(terminated) in (0, 1):
+        is_flag = isinstance(terminated, (bool, np.bool_)) or (
+            isinstance(terminated, (int, np.integer)) and int(terminated) in (0, 1))
+        if is_flag:
             terminated = bool(terminated)
         else:
             raise ValueError(f"terminated must be a bool, got {terminated!r}")
