@@ -1,0 +1,164 @@
+"""The reset-aware selective scan: parallel (chunked) path vs the plain loop and closed forms."""
+
+import pytest
+import torch
+
+import resel_train.ops.scan as scan_mod
+from resel_train import selective_scan
+
+
+def make_inputs(batch=3, d_inner=5, d_state=6, length=37, dtype=torch.float64, seed=0, resets="mixed"):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    inputs = dict(
+        u=r(batch, d_inner, length), delta=r(batch, d_inner, length) * 0.5,
+        A=-torch.rand(d_inner, d_state, generator=g, dtype=dtype) * 3 - 0.1,
+        B=r(batch, d_state, length), C=r(batch, d_state, length), D=r(d_inner), z=r(batch, d_inner, length),
+        delta_bias=r(d_inner) * 0.1, initial_state=r(batch, d_inner, d_state),
+    )
+    reset = torch.zeros(batch, length, dtype=torch.bool)
+    if resets == "mixed":
+        reset[0, 0] = True  # reset at t=0 (initial state discarded) ...
+        reset[0, 9:11] = True  # ... consecutive resets ...
+        reset[1, length - 1] = True  # ... a reset at the last step
+        reset[2] = torch.rand(length, generator=g) < 0.15
+    return inputs, reset
+
+
+def run(impl, inputs, reset, grad_seed=1):
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    y, last = selective_scan(
+        leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves["z"],
+        leaves["delta_bias"], True, reset, leaves["initial_state"], return_last_state=True, impl=impl,
+    )
+    g = torch.Generator().manual_seed(grad_seed)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+    loss = loss + (last * torch.randn(last.shape, generator=g, dtype=last.dtype)).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return y.detach(), last.detach(), dict(zip(leaves, grads))
+
+
+@pytest.mark.parametrize("chunk_elements", [None, 3 * 5 * 6 * 8])  # default (one chunk) and 8-step chunks
+@pytest.mark.parametrize("length", [1, 37, 64])
+def test_parallel_matches_loop_float64(monkeypatch, chunk_elements, length):
+    if chunk_elements:
+        monkeypatch.setattr(scan_mod, "_CHUNK_ELEMENTS", chunk_elements)
+    inputs, reset = make_inputs(length=length)
+    y_ref, last_ref, g_ref = run("loop", inputs, reset)
+    y, last, g = run("parallel", inputs, reset)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-9, msg=f"grad {name}")
+
+
+def test_parallel_matches_loop_float32(monkeypatch):
+    monkeypatch.setattr(scan_mod, "_CHUNK_ELEMENTS", 3 * 5 * 6 * 16)
+    inputs, reset = make_inputs(length=100, dtype=torch.float32)
+    y_ref, last_ref, g_ref = run("loop", inputs, reset)
+    y, last, g = run("parallel", inputs, reset)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, last_ref, rtol=1e-5, atol=1e-5)
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-5, atol=1e-5, msg=f"grad {name}")
+
+
+def test_parallel_gradcheck(monkeypatch):
+    """Custom backward against finite differences (independent of the loop reference)."""
+    inputs, reset = make_inputs(batch=3, d_inner=2, d_state=3, length=7)
+    monkeypatch.setattr(scan_mod, "_CHUNK_ELEMENTS", 3 * 2 * 3 * 3)  # 3-step chunks
+    args = [inputs[k].clone().requires_grad_() for k in ("u", "delta", "A", "B", "C", "initial_state")]
+
+    def f(u, delta, A, B, C, h0):
+        return selective_scan(u, delta, A, B, C, reset=reset, initial_state=h0, return_last_state=True,
+                              impl="parallel")
+
+    assert torch.autograd.gradcheck(f, args)
+
+
+def mamba_ssm_selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """mamba-ssm's selective_scan_ref, rewritten from its documented maths (no reset, zero state)."""
+    delta = delta + delta_bias[..., None]
+    if delta_softplus:
+        delta = torch.nn.functional.softplus(delta)
+    delta_a = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    x = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for i in range(u.shape[2]):
+        x = delta_a[:, :, i] * x + delta_b_u[:, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, i]))
+    y = torch.stack(ys, dim=2) + u * D[None, :, None]
+    return y * torch.nn.functional.silu(z), x
+
+
+@pytest.mark.parametrize("impl", ["loop", "parallel"])
+def test_matches_mamba_ssm_reference_without_reset(impl):
+    inputs, _ = make_inputs(resets="none")
+    kw = {k: inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")}
+    y_ref, last_ref = mamba_ssm_selective_scan_ref(**kw, delta_softplus=True)
+    y, last = selective_scan(**kw, delta_softplus=True, return_last_state=True, impl=impl)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_stacked_trajectories_do_not_leak():
+    """Two trajectories in one row with a reset between them == each run alone."""
+    inputs, _ = make_inputs(batch=1, length=30, resets="none")
+    keys = ("u", "delta", "B", "C", "z")
+    reset = torch.zeros(1, 30, dtype=torch.bool)
+    reset[0, 0] = reset[0, 12] = True
+    common = dict(A=inputs["A"], D=inputs["D"], delta_bias=inputs["delta_bias"], delta_softplus=True)
+    y_row = selective_scan(**{k: inputs[k] for k in keys}, **common, reset=reset, impl="parallel")
+    for lo, hi in ((0, 12), (12, 30)):
+        alone = selective_scan(**{k: inputs[k][..., lo:hi] for k in keys}, **common, impl="loop")
+        torch.testing.assert_close(y_row[..., lo:hi], alone, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["loop", "parallel"])
+def test_initial_state_carries_across_calls(impl):
+    inputs, reset = make_inputs(length=40)
+    keys = ("u", "delta", "B", "C", "z")
+    common = dict(A=inputs["A"], D=inputs["D"], delta_bias=inputs["delta_bias"], delta_softplus=True)
+    y_all, last_all = selective_scan(**{k: inputs[k] for k in keys}, **common, reset=reset,
+                                     initial_state=inputs["initial_state"], return_last_state=True, impl=impl)
+    y1, h1 = selective_scan(**{k: inputs[k][..., :17] for k in keys}, **common, reset=reset[:, :17],
+                            initial_state=inputs["initial_state"], return_last_state=True, impl=impl)
+    y2, h2 = selective_scan(**{k: inputs[k][..., 17:] for k in keys}, **common, reset=reset[:, 17:],
+                            initial_state=h1, return_last_state=True, impl=impl)
+    torch.testing.assert_close(torch.cat([y1, y2], -1), y_all, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h2, last_all, rtol=1e-12, atol=1e-12)
+
+
+def test_reset_closed_form():
+    """With A=0, dt=1 and no decay the state is a running sum of B*u restarted at every reset."""
+    length = 12
+    u = torch.ones(1, 1, length, dtype=torch.float64)
+    ones = torch.ones(1, 1, length, dtype=torch.float64)
+    reset = torch.zeros(1, length, dtype=torch.bool)
+    reset[0, [0, 4, 5, 9]] = True
+    y = selective_scan(u, ones, torch.zeros(1, 1, dtype=torch.float64), ones, ones, reset=reset, impl="parallel")
+    expected = torch.tensor([1, 2, 3, 4, 1, 1, 2, 3, 4, 1, 2, 3], dtype=torch.float64)
+    torch.testing.assert_close(y[0, 0], expected)
+
+
+def test_bad_arguments_are_named():
+    inputs, reset = make_inputs()
+    with pytest.raises(ValueError, match="impl must be one of"):
+        selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], impl="fast")
+    with pytest.raises(ValueError, match="reset must be"):
+        selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], reset=reset[:, :3])
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], impl="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: mamba-ssm kernel path not run")
+def test_cuda_kernel_refuses_resets_and_matches_without():
+    pytest.importorskip("mamba_ssm", reason="mamba-ssm not installed (GPU extra)")
+    inputs, reset = make_inputs(dtype=torch.float32)
+    cuda = {k: v.cuda() for k, v in inputs.items()}
+    args = (cuda["u"], cuda["delta"], cuda["A"], cuda["B"], cuda["C"])
+    with pytest.raises(ValueError, match="no reset"):
+        selective_scan(*args, reset=reset.cuda(), impl="cuda")
+    torch.testing.assert_close(selective_scan(*args, impl="cuda"), selective_scan(*args, impl="parallel"),
+                               rtol=1e-4, atol=1e-4)
