@@ -6,7 +6,8 @@ Kept free of simulator imports so that ``import resel_train.envs`` stays cheap.
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -25,19 +26,23 @@ def require(module: str, task_id: str, install: str = SIM_INSTALL_HINT) -> None:
         )
 
 
-class SelectObservation(gym.ObservationWrapper):
-    """Keep only some entries of a flat Box observation (the -P / -V POMDP variants).
+class Float32Observation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """Cast a flat Box observation (MuJoCo gives float64) to float32, the dtype the networks use.
 
-    The new space slices the bounds of the old one, so nothing about the kept entries changes.
+    Unlike ``gymnasium.wrappers.DtypeObservation`` it casts the bounds itself, so building an env
+    does not warn about lowered precision of infinite bounds.
     """
 
-    def __init__(self, env: gym.Env, indices: Sequence[int]):
-        super().__init__(env)
+    def __init__(self, env: gym.Env, indices: Sequence[int] | None = None):
+        gym.utils.RecordConstructorArgs.__init__(self, indices=indices)
+        gym.ObservationWrapper.__init__(self, env)
         space = env.observation_space
         assert isinstance(space, spaces.Box) and len(space.shape) == 1, space
-        self.indices = np.asarray(indices, dtype=np.int64)
-        if self.indices.max() >= space.shape[0]:
-            raise ValueError(f"index {self.indices.max()} out of range for observation of size {space.shape[0]}")
+        self.indices = np.arange(space.shape[0]) if indices is None else np.asarray(indices, dtype=np.int64)
+        if self.indices.size == 0 or self.indices.max() >= space.shape[0]:
+            raise ValueError(
+                f"bad indices {self.indices.tolist()} for an observation of size {space.shape[0]}"
+            )
         self.observation_space = spaces.Box(
             low=space.low[self.indices].astype(np.float32),
             high=space.high[self.indices].astype(np.float32),
@@ -48,7 +53,17 @@ class SelectObservation(gym.ObservationWrapper):
         return np.asarray(observation, dtype=np.float32)[self.indices]
 
 
-class DefaultSeed(gym.Wrapper):
+class SelectObservation(Float32Observation):
+    """Keep only some entries of a flat Box observation (the -P / -V POMDP variants).
+
+    The new space slices the bounds of the old one, so nothing about the kept entries changes.
+    """
+
+    def __init__(self, env: gym.Env, indices: Sequence[int]):
+        super().__init__(env, indices)
+
+
+class DefaultSeed(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Use the ``seed`` given to ``make_env`` for the first ``reset()`` that passes none.
 
     Seeding lazily (instead of calling ``reset`` inside ``make_env``) keeps task sequences such as
@@ -57,7 +72,8 @@ class DefaultSeed(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env, seed: int | None):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, seed=seed)
+        gym.Wrapper.__init__(self, env)
         self._default_seed = seed
         if seed is not None:
             self.action_space.seed(seed)
@@ -68,7 +84,7 @@ class DefaultSeed(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
+        if name.startswith("_") or name == "env":  # "env" missing means a half-built object (unpickling)
             raise AttributeError(name)
         return self.env.get_wrapper_attr(name)
 

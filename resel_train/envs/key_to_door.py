@@ -20,7 +20,7 @@ Actions (Discrete(4)): 0 up, 1 down, 2 left, 3 right; walking into a wall does n
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -49,7 +49,7 @@ _COLOURS = {KEY: (1.0, 1.0, 0.0), APPLE: (0.0, 1.0, 0.0), DOOR: (1.0, 0.0, 0.0)}
 class KeyToDoorEnv(gym.Env):
     """See the module docstring. ``distractor_steps`` is the N of ``KeyToDoor-N``."""
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, distractor_steps: int):
         self.distractor_steps = int(distractor_steps)
@@ -88,14 +88,14 @@ class KeyToDoorEnv(gym.Env):
         size = ROOM + 2 * pad
         image = np.empty((size, size, 3), dtype=np.float32)
         image[:] = _WALL
-        floor = image[pad:pad + ROOM, pad:pad + ROOM]
+        floor = image[pad : pad + ROOM, pad : pad + ROOM]
         floor[:] = 0.0
         for kind, colour in _COLOURS.items():
             floor[self.grid == kind] = colour
         r, c = self.pos + pad
         image[r, c] = _AGENT
         half = VIEW // 2
-        return image[r - half:r + half + 1, c - half:c + half + 1].reshape(-1).copy()
+        return image[r - half : r + half + 1, c - half : c + half + 1].reshape(-1).copy()
 
     def _info(self) -> dict[str, Any]:
         return {"phase": PHASES[self.phase], "has_key": self.has_key}

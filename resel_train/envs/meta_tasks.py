@@ -8,7 +8,8 @@ learnt in the first inner episode in the second.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -76,8 +77,14 @@ class MetaEpisodes(gym.Wrapper):
     The hidden task is in ``info["task"]`` and ``self.task`` (for logging, not for the agent).
     """
 
-    def __init__(self, env: gym.Env, pool: TaskPool, reward_fn: RewardFn,
-                 inner_steps: int = INNER_STEPS, episodes: int = EPISODES_PER_TASK):
+    def __init__(
+        self,
+        env: gym.Env,
+        pool: TaskPool,
+        reward_fn: RewardFn,
+        inner_steps: int = INNER_STEPS,
+        episodes: int = EPISODES_PER_TASK,
+    ):
         super().__init__(env)
         self.pool = pool
         self.reward_fn = reward_fn
@@ -144,8 +151,9 @@ def make_ant_dir(split: str = "train") -> gym.Env:
 
 def make_cheetah_vel(split: str = "train") -> gym.Env:
     """HalfCheetah that must hold a hidden target speed in [0, 3]."""
-    return _mujoco_meta("HalfCheetah", "HalfCheetahVel", TaskPool(velocity_pool(), N_TRAIN, split),
-                        cheetah_vel_reward)
+    return _mujoco_meta(
+        "HalfCheetah", "HalfCheetahVel", TaskPool(velocity_pool(), N_TRAIN, split), cheetah_vel_reward
+    )
 
 
 class WindEnv(gym.Env):
@@ -155,7 +163,7 @@ class WindEnv(gym.Env):
     Episodes never terminate; ``TimeLimit`` truncates them after 75 steps.
     """
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, pool: TaskPool):
         self.pool = pool

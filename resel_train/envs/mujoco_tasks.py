@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.wrappers import DtypeObservation
 
-from .common import TaskPool, require
+from .common import Float32Observation, TaskPool, require
 
 ROBOTS = ("HalfCheetah", "Hopper", "Walker2d", "Ant", "Humanoid")
 EPISODE_STEPS = 1000
@@ -35,7 +35,7 @@ def gravity_pool(robot: str) -> np.ndarray:
 def _make_v5(robot: str, task_id: str, **kwargs: Any) -> gym.Env:
     require("mujoco", task_id)
     env = gym.make(f"{robot}-v5", max_episode_steps=EPISODE_STEPS, **kwargs)
-    return DtypeObservation(env, np.float32)
+    return Float32Observation(env)
 
 
 def make_mdp(robot: str, split: str = "train") -> gym.Env:
@@ -43,7 +43,7 @@ def make_mdp(robot: str, split: str = "train") -> gym.Env:
     return _make_v5(robot, robot)
 
 
-class GravityWrapper(gym.Wrapper):
+class GravityWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Scales the z-gravity of the MuJoCo model by a hidden task drawn at every reset.
 
     ``model.opt.gravity`` is not touched by MuJoCo's reset, so setting it before the inner reset
@@ -51,9 +51,10 @@ class GravityWrapper(gym.Wrapper):
     ``info["gravity_scale"]`` and ``self.gravity_scale`` (for logging and tests, not for the agent).
     """
 
-    def __init__(self, env: gym.Env, pool: TaskPool):
-        super().__init__(env)
-        self.pool = pool
+    def __init__(self, env: gym.Env, scales: Sequence[float], n_train: int, split: str):
+        gym.utils.RecordConstructorArgs.__init__(self, scales=scales, n_train=n_train, split=split)
+        gym.Wrapper.__init__(self, env)
+        self.pool = TaskPool(scales, n_train, split)
         self._opt = env.unwrapped.model.opt
         self._base_gravity = np.array(self._opt.gravity, dtype=np.float64)
         self.gravity_scale = 1.0
@@ -80,5 +81,4 @@ class GravityWrapper(gym.Wrapper):
 def make_gravity(robot: str, split: str = "train") -> gym.Env:
     """``<robot>-gravity``: 40 training gravities sampled per episode, or the 20 test ones in turn."""
     env = _make_v5(robot, f"{robot}-gravity")
-    pool = TaskPool(gravity_pool(robot), GRAVITY_N_TRAIN, split)
-    return GravityWrapper(env, pool)
+    return GravityWrapper(env, gravity_pool(robot).tolist(), GRAVITY_N_TRAIN, split)

@@ -7,10 +7,8 @@ the index lists are the ones of the RESeL / pomdp-baselines benchmark (SPEC sect
 from __future__ import annotations
 
 import gymnasium as gym
-import numpy as np
-from gymnasium.wrappers import DtypeObservation
 
-from .common import SelectObservation, require
+from .common import Float32Observation, SelectObservation, require
 
 EPISODE_STEPS = 1000
 
@@ -50,7 +48,4 @@ def make_bullet(robot: str, kind: str | None = None, split: str = "train") -> gy
     import pybullet_envs_gymnasium  # noqa: F401  (registers the *BulletEnv-v0 ids)
 
     env = gym.make(BULLET_IDS[robot], max_episode_steps=EPISODE_STEPS)
-    env = DtypeObservation(env, np.float32)
-    if kind is not None:
-        env = SelectObservation(env, POMDP_INDICES[robot][kind])
-    return env
+    return SelectObservation(env, POMDP_INDICES[robot][kind]) if kind else Float32Observation(env)
