@@ -1,0 +1,127 @@
+"""The ``resel`` command: a thin typer layer over library functions that tests call directly."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="RESeL: train recurrent off-policy RL policies and ship them as constant-time controllers.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+console = Console()
+
+
+class Encoder(str, Enum):
+    mamba = "mamba"
+    gru = "gru"
+    mlp = "mlp"
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    env: Annotated[str, typer.Option(help="Task id (see `resel envs`).")],
+    steps: Annotated[Optional[int], typer.Option(help="Environment steps (default: the preset's).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
+    encoder: Annotated[Optional[Encoder], typer.Option(help="Context encoder.")] = None,
+    preset: Annotated[str, typer.Option(help="auto (by task family), mujoco, pybullet, gravity, meta, classic, "
+                                             "keydoor, or cpu (2-core friendly; see README)")] = "auto",
+    out: Annotated[Optional[str], typer.Option(help="Parent folder of the run folder.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML/YAML file of config values.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any field, e.g. algo.batch_size=500")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in the run folder.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train RESeL on a task; writes checkpoint.pt, metrics.csv and TensorBoard logs to the run folder."""
+    from resel_train.config import resolve_config
+    from resel_train.trainer import Trainer
+
+    try:
+        flags = {"steps": steps, "seed": seed, "device": device, "out": out,
+                 "model.encoder": encoder.value if encoder else None}
+        cfg = resolve_config(env, preset, config, set_, **flags)
+        trainer = Trainer(cfg, resume=resume)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+        _fail(exc)
+    console.print(f"run folder: [bold]{trainer.run_dir}[/]  preset: {trainer.cfg.preset}  "
+                  f"device: {trainer.device}  steps: {trainer.cfg.steps}")
+    result = trainer.train(show_progress=progress)
+    console.print(f"done: {result['env_steps']} steps, last eval return {result['eval_return']}")
+    console.print(f"checkpoint: {trainer.run_dir / 'checkpoint.pt'}")
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt written by `resel train`.")],
+    env: Annotated[Optional[str], typer.Option(help="Task id (default: the checkpoint's task).")] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the first episode.")] = 0,
+) -> None:
+    """Evaluate the deterministic policy of a checkpoint (torch backend) and print returns."""
+    from resel_deploy.rollout import run_rollouts
+
+    try:
+        report = run_rollouts(checkpoint, env, episodes, backend="torch", seed=seed)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        _fail(exc)
+    console.print(report.table())
+
+
+@app.command()
+def envs() -> None:
+    """List every task id with its family and what it tests."""
+    from resel_train.envs import list_tasks
+
+    table = Table("id", "family", "reward input", "steps", "description")
+    for info in list_tasks():
+        table.add_row(info.id, info.family, "yes" if info.reward_as_input else "", str(info.max_episode_steps),
+                      info.description)
+    console.print(table)
+
+
+@app.command()
+def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint.pt.")]) -> None:
+    """Show what a checkpoint holds: task, model, counters and the resolved config."""
+    from resel_train.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        data = load_checkpoint(checkpoint)
+    except (CheckpointError, FileNotFoundError) as exc:
+        _fail(exc)
+    table = Table("key", "value")
+    for key, value in {**data["model"], **data.get("counters", {})}.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders; LABEL=RUN groups runs under one label.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("learning_curve.png"),
+    metric: Annotated[str, typer.Option(help="Column of metrics.csv to plot.")] = "eval_return",
+    title: Annotated[str, typer.Option(help="Figure title.")] = "",
+) -> None:
+    """Plot learning curves (mean and min-max over runs sharing a label) to a PNG."""
+    from resel_train.logger import plot_learning_curves
+
+    groups: dict[str, list[Path]] = {}
+    for item in map(str, runs):
+        label, sep, path = item.partition("=")
+        groups.setdefault(label if sep else Path(item).name, []).append(Path(path if sep else item))
+    try:
+        console.print(f"wrote {plot_learning_curves(groups, out, metric, title)}")
+    except FileNotFoundError as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,287 @@
+"""The training loop: collect -> store whole trajectories -> update -> evaluate -> checkpoint.
+
+A run lives in one folder: ``checkpoint.pt`` (networks, optimisers, alpha, counters, RNG states,
+resolved config), ``replay.pt`` (the replay buffer, so a resumed run continues exactly),
+``config.yaml``, ``metrics.csv`` and TensorBoard events under ``tb/``. A resumed run starts a
+fresh episode: the episode in progress at checkpoint time was never stored (only whole
+trajectories enter the replay).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from resel_train.algo import RESeL
+from resel_train.buffer import TrajectoryBuffer
+from resel_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from resel_train.config import TrainConfig, config_from_dict, config_to_dict
+from resel_train.envs import make_env, task_info
+from resel_train.logger import RunLogger
+from resel_train.nets.policy import Policy, sample_squashed
+
+CHECKPOINT = "checkpoint.pt"
+REPLAY = "replay.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+def run_dir_for(cfg: TrainConfig) -> Path:
+    return Path(cfg.out) / f"{cfg.env}_{cfg.model.encoder}_s{cfg.seed}"
+
+
+class EpisodeRecorder:
+    """Per-step inputs for the policy and the growing trajectory of the current episode."""
+
+    def __init__(self, obs: np.ndarray, act_dim: int) -> None:
+        self.obs = [obs]
+        self.act: list[np.ndarray] = []
+        self.rew: list[float] = []
+        self.prev_act = np.zeros(act_dim, np.float32)
+
+    def add(self, act: np.ndarray, rew: float, next_obs: np.ndarray) -> None:
+        self.act.append(act)
+        self.rew.append(rew)
+        self.obs.append(next_obs)
+        self.prev_act = act
+
+    def policy_inputs(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        obs = self.obs[-1]
+        prev_obs = self.obs[-2] if len(self.obs) > 1 else np.zeros_like(obs)
+        prev_rew = self.rew[-1] if self.rew else 0.0
+        as_t = lambda x: torch.as_tensor(np.asarray(x, np.float32), device=device).reshape(1, -1)  # noqa: E731
+        return as_t(obs), as_t(prev_obs), as_t(self.prev_act), as_t([prev_rew])
+
+    @property
+    def is_first(self) -> bool:
+        return not self.act
+
+
+class PolicyRunner:
+    """Steps a policy one environment step at a time with explicit recurrent state (batch 1)."""
+
+    def __init__(self, policy: Policy, device: torch.device) -> None:
+        self.policy, self.device = policy, device
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.policy.encoder.initial_state(1, self.device)
+
+    @torch.no_grad()
+    def act(self, episode: EpisodeRecorder, deterministic: bool, generator: torch.Generator | None) -> np.ndarray:
+        obs, prev_obs, prev_act, prev_rew = episode.policy_inputs(self.device)
+        reset = torch.tensor([episode.is_first], device=self.device)
+        mean, log_std, self.state = self.policy.step(
+            obs, prev_obs, prev_act, prev_rew if self.policy.reward_as_input else None, reset, self.state
+        )
+        action = torch.tanh(mean) if deterministic else sample_squashed(mean, log_std, generator)[0]
+        return action[0].cpu().numpy()
+
+
+class Trainer:
+    """Owns the env, the agent, the replay and the run folder for one training run."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg)
+        ckpt_path = self.run_dir / CHECKPOINT
+        if resume:
+            if not ckpt_path.exists():
+                raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.run_dir}; start without --resume")
+            saved = load_checkpoint(ckpt_path)
+            stored = config_from_dict(saved["config"])
+            stored.steps = max(stored.steps, cfg.steps)  # a resume may extend the budget
+            cfg = stored
+        elif ckpt_path.exists():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        self.cfg = cfg
+        info = task_info(cfg.env)
+        if info.discrete:
+            raise ValueError(
+                f"{cfg.env} has a discrete action space; this trainer implements continuous-action SAC "
+                "(Key-to-Door training is not supported yet)"
+            )
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.env = make_env(cfg.env, seed=cfg.seed)
+        self.eval_env = make_env(cfg.env, seed=cfg.seed + 10_000, split="test")
+        self.obs_dim = int(np.prod(self.env.observation_space.shape))
+        self.act_dim = int(np.prod(self.env.action_space.shape))
+        self.low = self.env.action_space.low.astype(np.float32)
+        self.high = self.env.action_space.high.astype(np.float32)
+        self.agent = RESeL(self.obs_dim, self.act_dim, info.reward_as_input, cfg.model, cfg.algo, cfg.seed).to(self.device)
+        self.buffer = TrajectoryBuffer(
+            self.obs_dim, self.act_dim, cfg.replay_capacity, pad=cfg.model.d_conv - 1, seed=cfg.seed
+        )
+        self.rng = np.random.default_rng(cfg.seed)
+        self.collect_generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.env_steps = 0
+        self.episodes = 0
+        self.recent_returns: deque[float] = deque(maxlen=10)
+        self.last_eval: float | None = None
+        if resume:
+            self._restore(saved)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+    # ---- model description for deployment -------------------------------------------------------
+    def model_spec(self) -> dict:
+        m = self.cfg.model
+        return {
+            "obs_dim": self.obs_dim, "act_dim": self.act_dim,
+            "reward_as_input": self.agent.policy.reward_as_input, "encoder": m.encoder,
+            "encoder_kwargs": m.encoder_kwargs(), "embed": m.embed, "hidden": m.hidden,
+            "action_low": self.low.tolist(), "action_high": self.high.tolist(), "task_id": self.cfg.env,
+        }
+
+    def to_env_action(self, action: np.ndarray) -> np.ndarray:
+        return self.low + (action + 1.0) * 0.5 * (self.high - self.low)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def train(self, show_progress: bool = True) -> dict[str, float]:
+        cfg = self.cfg
+        logger = RunLogger(self.run_dir)
+        runner = PolicyRunner(self.agent.policy, self.device)
+        obs, _ = self.env.reset(seed=cfg.seed + self.episodes)
+        episode = EpisodeRecorder(obs.astype(np.float32), self.act_dim)
+        metrics: dict[str, float] = {}
+        start_time, start_steps = time.perf_counter(), self.env_steps
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"), disable=not show_progress, transient=False,
+        )
+        with progress:
+            bar = progress.add_task(f"{cfg.env} ({cfg.model.encoder})", total=cfg.steps, completed=self.env_steps,
+                                    status="")
+            while self.env_steps < cfg.steps:
+                obs = self._env_step(episode, runner)
+                if obs is not None:  # episode ended
+                    episode = EpisodeRecorder(obs, self.act_dim)
+                    runner.reset()
+                if self.env_steps > cfg.warmup_steps and self.buffer.num_trajectories:
+                    metrics = self.update_once()
+                if self.env_steps % cfg.eval_every == 0:
+                    self.last_eval = self.evaluate()
+                if self.env_steps % cfg.log_every == 0 or self.env_steps % cfg.eval_every == 0:
+                    rate = (self.env_steps - start_steps) / (time.perf_counter() - start_time)
+                    self._log(logger, metrics, rate, start_time)
+                    progress.update(bar, status=self._status(rate))
+                if self.env_steps % cfg.checkpoint_every == 0:
+                    self.save()
+                progress.update(bar, completed=self.env_steps)
+        self.save()
+        logger.close()
+        return {"env_steps": self.env_steps, "eval_return": self.last_eval, **metrics}
+
+    def _env_step(self, episode: EpisodeRecorder, runner: PolicyRunner) -> np.ndarray | None:
+        """One environment step; returns the first observation of a new episode when one ended."""
+        action = runner.act(episode, deterministic=False, generator=self.collect_generator)
+        if self.env_steps < self.cfg.warmup_steps:
+            action = self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = self.env.step(self.to_env_action(action))
+        episode.add(action.astype(np.float32), float(reward), np.asarray(next_obs, np.float32))
+        self.env_steps += 1
+        if not (terminated or truncated):
+            return None
+        self.buffer.add_trajectory(np.stack(episode.obs), np.stack(episode.act), np.asarray(episode.rew, np.float32),
+                                   bool(terminated))
+        self.recent_returns.append(float(np.sum(episode.rew)))
+        self.episodes += 1
+        obs, _ = self.env.reset(seed=self.cfg.seed + self.episodes)
+        return np.asarray(obs, np.float32)
+
+    def update_once(self) -> dict[str, float]:
+        batch = self.buffer.sample(self.cfg.algo.batch_size).to(self.device)
+        return self.agent.update(batch)
+
+    def evaluate(self, episodes: int | None = None) -> float:
+        """Mean return of the deterministic policy from a zero state (held-out tasks where there are any)."""
+        runner = PolicyRunner(self.agent.policy, self.device)
+        returns = []
+        for i in range(episodes or self.cfg.eval_episodes):
+            obs, _ = self.eval_env.reset(seed=self.cfg.seed + 10_000 + i)
+            episode = EpisodeRecorder(np.asarray(obs, np.float32), self.act_dim)
+            runner.reset()
+            done = False
+            while not done:
+                action = runner.act(episode, deterministic=True, generator=None)
+                obs, reward, terminated, truncated, _ = self.eval_env.step(self.to_env_action(action))
+                episode.add(action, float(reward), np.asarray(obs, np.float32))
+                done = terminated or truncated
+            returns.append(float(np.sum(episode.rew)))
+        self.last_eval_std = float(np.std(returns))
+        return float(np.mean(returns))
+
+    def _status(self, rate: float) -> str:
+        train = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
+        evalr = f"{self.last_eval:.1f}" if self.last_eval is not None else "-"
+        return f"{rate:.0f} steps/s  train {train}  eval {evalr}"
+
+    def _log(self, logger: RunLogger, metrics: dict[str, float], rate: float, start_time: float) -> None:
+        evaluated = self.env_steps % self.cfg.eval_every == 0
+        logger.log({
+            "step": self.env_steps, "wall_s": round(time.perf_counter() - start_time, 2), "steps_per_s": rate,
+            "episodes": self.episodes,
+            "train_return": float(np.mean(self.recent_returns)) if self.recent_returns else None,
+            "eval_return": self.last_eval if evaluated else None,
+            "eval_return_std": self.last_eval_std if evaluated else None,
+            **metrics,
+        })
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def save(self) -> Path:
+        """Replay first, then the checkpoint that names its step: a crash between leaves the old pair usable."""
+        replay = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in self.buffer.state_dict().items()}
+        save_checkpoint(self.run_dir / REPLAY, {"replay": replay, "env_steps": self.env_steps})
+        save_checkpoint(self.run_dir / CHECKPOINT, {
+            "model": self.model_spec(),
+            "config": config_to_dict(self.cfg),
+            "policy": self.agent.policy.state_dict(),
+            "critic": self.agent.critic.state_dict(),
+            "critic_target": self.agent.critic_target.state_dict(),
+            "log_alpha": self.agent.log_alpha.detach().cpu(),
+            "training": self.agent.training_state(),
+            "counters": {"env_steps": self.env_steps, "episodes": self.episodes},
+            "rng": {
+                "torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state,
+                "python": random.getstate(), "collect": self.collect_generator.get_state(),
+            },
+        })
+        return self.run_dir / CHECKPOINT
+
+    def _restore(self, saved: dict) -> None:
+        replay = load_checkpoint(self.run_dir / REPLAY)
+        if replay["env_steps"] != saved["counters"]["env_steps"]:
+            raise CheckpointError(
+                f"{self.run_dir / REPLAY} is from step {replay['env_steps']} but the checkpoint is from step "
+                f"{saved['counters']['env_steps']}; the run folder was modified by hand"
+            )
+        self.agent.policy.load_state_dict(saved["policy"])
+        self.agent.critic.load_state_dict(saved["critic"])
+        self.agent.critic_target.load_state_dict(saved["critic_target"])
+        with torch.no_grad():
+            self.agent.log_alpha.copy_(saved["log_alpha"])
+        self.agent.load_training_state(saved["training"])
+        self.buffer.load_state_dict(replay["replay"])
+        self.env_steps = int(saved["counters"]["env_steps"])
+        self.episodes = int(saved["counters"]["episodes"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        self.rng.bit_generator.state = saved["rng"]["numpy"]
+        random.setstate(saved["rng"]["python"])
+        self.collect_generator.set_state(saved["rng"]["collect"])

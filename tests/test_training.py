@@ -1,0 +1,150 @@
+"""Training side: critic target by hand, optimiser groups, smoke runs per family, exact resume, config."""
+
+import numpy as np
+import pytest
+import torch
+
+from resel_train.algo import RESeL, parameter_groups
+from resel_train.buffer import TrajectoryBuffer
+from resel_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from resel_train.config import resolve_config
+from resel_train.trainer import Trainer
+
+TINY = ["model.d_state=4", "model.d_conv=4", "model.embed=16", "model.hidden=16", "model.dt_rank=2",
+        "algo.batch_size=64"]
+
+
+def tiny_agent(**algo):
+    cfg = resolve_config("Pendulum-V", overrides=TINY + [f"algo.{k}={v}" for k, v in algo.items()])
+    return RESeL(1, 1, False, cfg.model, cfg.algo, seed=0)
+
+
+def one_trajectory_batch(rew, terminated):
+    buf = TrajectoryBuffer(1, 1, pad=3, seed=0)
+    obs = np.arange(len(rew) + 1, dtype=np.float32)[:, None]
+    buf.add_trajectory(obs, np.zeros((len(rew), 1), np.float32), np.asarray(rew, np.float32), terminated)
+    return buf.sample(len(rew))
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_critic_target_by_hand(monkeypatch, terminated):
+    """y_t = r_t + gamma (1 - term_t) (min over the drawn head pair of Q'(o_{t+1}) - alpha log pi)."""
+    agent = tiny_agent(gamma=0.5, fixed_alpha=0.1)
+    log_prob = 0.25
+    monkeypatch.setattr(agent, "_sample", lambda m, s: (torch.zeros_like(m), torch.full_like(m, log_prob)))
+    heads = torch.arange(8, dtype=torch.float32) * 10.0  # head k: 10k + 2 * obs
+    monkeypatch.setattr(agent.critic_target, "q", lambda obs, act, ctx: heads + 2.0 * obs)
+    pair = torch.randperm(8, generator=torch.Generator().manual_seed(0))[:2]  # agent.generator is seeded 0
+    batch = one_trajectory_batch([1.0, 2.0, 3.0], terminated)
+    y = agent.critic_target_value(batch)[0, :3, 0]
+    low_head = float(heads[pair].min())
+    expected = []
+    for t, r in enumerate([1.0, 2.0, 3.0]):
+        next_obs = t + 1.0
+        bootstrap = 0.0 if (terminated and t == 2) else 1.0
+        expected.append(r + 0.5 * bootstrap * (low_head + 2.0 * next_obs - 0.1 * log_prob))
+    torch.testing.assert_close(y, torch.tensor(expected))
+
+
+def test_optimiser_groups_split_encoder_from_the_rest():
+    agent = tiny_agent(policy_lr=1e-3, critic_lr=2e-3, encoder_lr=1e-5)
+    for net, opt, lr_other in ((agent.policy, agent.policy_opt, 1e-3), (agent.critic, agent.critic_opt, 2e-3)):
+        enc, other = opt.param_groups
+        assert (enc["name"], enc["lr"], other["name"], other["lr"]) == ("context_encoder", 1e-5, "other", lr_other)
+        assert {id(p) for p in enc["params"]} == {id(p) for p in net.encoder.parameters()}
+        assert {id(p) for p in other["params"]} == {id(p) for p in net.parameters()} - {id(p) for p in enc["params"]}
+        names = {n for n, p in net.named_parameters() if any(p is q for q in enc["params"])}
+        assert names and all(n.startswith("encoder.") for n in names)
+        assert any(n.startswith("encoder.blocks.0.mixer.") for n in names)
+    assert parameter_groups(agent.policy, 1.0, 2.0)[0]["lr"] == 2.0
+    assert not any(p.requires_grad for p in agent.critic_target.parameters())
+
+
+def test_policy_loss_does_not_train_the_critic():
+    agent = tiny_agent()
+    batch = one_trajectory_batch([1.0] * 20, False)
+    before = [p.detach().clone() for p in agent.critic.parameters()]
+    agent._policy_and_alpha_step(batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, agent.critic.parameters()))
+    assert all(p.grad is None for p in agent.critic.parameters())
+
+
+def small_cfg(env, tmp_path, steps_after_warmup=2, **flags):
+    from resel_train.envs import task_info
+
+    warmup = task_info(env).max_episode_steps
+    overrides = TINY + [f"warmup_steps={warmup}", f"eval_every={10**9}", f"checkpoint_every={10**9}",
+                        "eval_episodes=1", "algo.batch_size=32", "replay_capacity=20000", "threads=1"]
+    return resolve_config(env, overrides=overrides, steps=warmup + steps_after_warmup, out=str(tmp_path), **flags)
+
+
+@pytest.mark.parametrize("env", ["Pendulum-P", "CartPole-V", "Hopper", "Walker2d-gravity", "HopperBLT-V",
+                                 "HalfCheetahVel", "Wind"])
+def test_two_update_smoke_run_per_family(tmp_path, env):
+    trainer = Trainer(small_cfg(env, tmp_path))
+    result = trainer.train(show_progress=False)
+    assert trainer.agent.critic_steps == 2
+    assert np.isfinite(result["critic_loss"])
+    data = load_checkpoint(trainer.run_dir / "checkpoint.pt")
+    assert data["model"]["task_id"] == env and data["counters"]["env_steps"] == trainer.cfg.steps
+    assert (trainer.run_dir / "metrics.csv").exists() and (trainer.run_dir / "config.yaml").exists()
+
+
+def test_resume_gives_exactly_the_same_next_update(tmp_path):
+    cfg = small_cfg("Pendulum-V", tmp_path, steps_after_warmup=5)
+    first = Trainer(cfg)
+    first.train(show_progress=False)  # checkpoints at the end
+    uninterrupted = first.update_once()
+    resumed = Trainer(cfg, resume=True)
+    assert resumed.env_steps == first.env_steps and resumed.buffer.num_trajectories == first.buffer.num_trajectories
+    after_resume = resumed.update_once()
+    assert after_resume == uninterrupted
+    for (name, a), b in zip(first.agent.state_dict().items(), resumed.agent.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
+    cfg = small_cfg("Pendulum-V", tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
+        Trainer(cfg, resume=True)
+    Trainer(cfg).save()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(cfg)
+
+
+def test_checkpoints_reject_corrupt_foreign_and_pickled_files(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"model": {}, "x": torch.ones(2)})
+    assert load_checkpoint(good)["x"].sum() == 2
+    assert not list(tmp_path.glob("*.tmp"))  # nothing left behind by the atomic write
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a readable RESeL checkpoint"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a RESeL checkpoint"):
+        load_checkpoint(foreign)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"format": "resel-checkpoint", "version": 1, "obj": np.random.default_rng(0)}, pickled)
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(pickled)
+
+
+def test_config_presets_files_and_overrides(tmp_path):
+    gravity = resolve_config("Walker2d-gravity")
+    assert (gravity.preset, gravity.algo.batch_size, gravity.steps) == ("gravity", 1000, 2_000_000)
+    assert (gravity.algo.policy_lr, gravity.algo.critic_lr, gravity.algo.encoder_lr) == (6e-5, 2e-4, 2e-6)
+    cheetah = resolve_config("HalfCheetah")
+    assert (cheetah.algo.policy_lr, cheetah.algo.encoder_lr, cheetah.algo.alpha_lr) == (3e-4, 1e-5, 5e-4)
+    assert resolve_config("AntBLT-V").algo.batch_size == 128
+    assert resolve_config("WalkerBLT-P").algo.encoder_lr == 5e-6
+    assert resolve_config("Hopper").algo.target_entropy == 0.0
+    file = tmp_path / "c.toml"
+    file.write_text("seed = 7\n[algo]\nbatch_size = 300\n[model]\nencoder = 'gru'\n")
+    cfg = resolve_config("Pendulum-V", config_file=file, overrides=["algo.gamma=0.9", "steps=2e4"], seed=9)
+    assert (cfg.seed, cfg.algo.batch_size, cfg.model.encoder, cfg.algo.gamma, cfg.steps) == (9, 300, "gru", 0.9, 20000)
+    with pytest.raises(ValueError, match="unknown config key 'algo.lr'"):
+        resolve_config("Pendulum-V", overrides=["algo.lr=1"])
+    with pytest.raises(ValueError, match="Unknown task id"):
+        resolve_config("Walker3d")
