@@ -7,11 +7,11 @@ overrides -> explicit CLI flags. The resolved config is saved next to every chec
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 
 
