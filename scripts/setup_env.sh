@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv with the CPU build of torch and the project installed editable.
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (pip skips what is there).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# The CPU wheel first: with torch already satisfied, nothing below can pull a multi-GB CUDA build.
+python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
+# Extras: simulators, ONNX export/runtime, test tools, and triton (its kernels are tested on the CPU
+# in Triton's interpreter). No package here needs a GPU.
+pip install -q -e ".[sim,onnx,dev,triton]"
