@@ -210,7 +210,7 @@ class _ChunkedScan(torch.autograd.Function):
             kc = None if keep_t is None else keep_t[start:stop]
             decay, states = _chunk_terms(dt_t[start:stop], dtu_t[start:stop], A, B_t[start:stop], kc)
             _walk(decay, states, h)
-            y_t[start:stop] = torch.einsum("tbdn,tbn->tbd", states, C_t[start:stop])
+            y_t[start:stop] = torch.matmul(states, C_t[start:stop, :, :, None]).squeeze(-1)
             h = states[-1].clone()
         ctx.chunk = chunk
         ctx.has_h0 = h0 is not None
@@ -237,7 +237,7 @@ class _ChunkedScan(torch.autograd.Function):
             decay, states = _chunk_terms(dt_t[start:stop], dtu_t[start:stop], A, B_t[start:stop], kc)
             _walk(decay, states, h_prev)
             gy = gy_t[start:stop]
-            g_C[start:stop] = torch.einsum("tbdn,tbd->tbn", states, gy)
+            g_C[start:stop] = torch.matmul(gy[:, :, None, :], states).squeeze(-2)
             # grad w.r.t. h_t: output term plus what flows back through the next decay
             g_h = gy[..., None] * C_t[start:stop, :, None, :]
             g_h[-1].add_(carry)
@@ -248,9 +248,9 @@ class _ChunkedScan(torch.autograd.Function):
             prev = torch.cat([h_prev[None], states[:-1]])
             g_log_decay = prev.mul_(g_h).mul_(decay)
             g_dt[start:stop] = torch.einsum("tbdn,dn->tbd", g_log_decay, A)
-            g_A += torch.einsum("tbdn,tbd->dn", g_log_decay, dt_t[start:stop])
-            g_dtu[start:stop] = torch.einsum("tbdn,tbn->tbd", g_h, B_t[start:stop])
-            g_B[start:stop] = torch.einsum("tbdn,tbd->tbn", g_h, dtu_t[start:stop])
+            g_A += (g_log_decay * dt_t[start:stop, :, :, None]).sum((0, 1))  # einsum here copies: 4x slower
+            g_dtu[start:stop] = torch.matmul(g_h, B_t[start:stop, :, :, None]).squeeze(-1)
+            g_B[start:stop] = torch.matmul(dtu_t[start:stop, :, None, :], g_h).squeeze(-2)
         g_dtu = g_dtu.permute(1, 2, 0)
         g_u = g_dtu * delta
         g_delta = g_dt.permute(1, 2, 0) + g_dtu * u
