@@ -67,21 +67,29 @@ class RESeL(nn.Module):
         gen = self.generator if mean.device.type == "cpu" else None
         return sample_squashed(mean, log_std, gen)
 
-    @torch.no_grad()
-    def critic_target_value(self, batch: Batch) -> Tensor:
-        """y_t = r_t + gamma * (1 - terminal_t) * (min of a random pair of target heads - alpha log pi) at t+1."""
-        history = self._history(batch)
-        mean, log_std, _ = self.policy(*history, batch.reset)
-        next_act, next_logp = self._sample(next_view(mean), next_view(log_std))
-        context = next_view(self.critic_target.context(*history, batch.reset))
-        q_next = self.critic_target.q(next_view(batch.obs), next_act, context)
-        pair = torch.randperm(q_next.shape[-1], generator=self.generator)[:2].to(q_next.device)
-        soft_value = q_next[..., pair].min(-1, keepdim=True).values - self.alpha * next_logp
-        return batch.rew + self.algo.gamma * (1.0 - batch.terminated) * soft_value
+    def critic_target_value(self, batch: Batch, policy_out: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """y_t = r_t + gamma * (1 - terminal_t) * (min of a random pair of target heads - alpha log pi) at t+1.
+
+        ``policy_out`` (mean, log_std over the batch) is reused when the caller already ran the policy.
+        """
+        with torch.no_grad():
+            history = self._history(batch)
+            if policy_out is None:
+                policy_out = self.policy(*history, batch.reset)[:2]
+            mean, log_std = (x.detach() for x in policy_out)
+            next_act, next_logp = self._sample(next_view(mean), next_view(log_std))
+            context = next_view(self.critic_target.context(*history, batch.reset))
+            q_next = self.critic_target.q(next_view(batch.obs), next_act, context)
+            pair = torch.randperm(q_next.shape[-1], generator=self.generator)[:2].to(q_next.device)
+            soft_value = q_next[..., pair].min(-1, keepdim=True).values - self.alpha * next_logp
+            return batch.rew + self.algo.gamma * (1.0 - batch.terminated) * soft_value
 
     def update(self, batch: Batch) -> dict[str, float]:
-        target = self.critic_target_value(batch)
         history = self._history(batch)
+        policy_due = (self.critic_steps + 1) % self.algo.policy_delay == 0
+        # the policy does not change during the critic step: one forward serves the target and the policy loss
+        policy_out = self.policy(*history, batch.reset)[:2] if policy_due else None
+        target = self.critic_target_value(batch, policy_out)
         q = self.critic.q(batch.obs, batch.act, self.critic.context(*history, batch.reset))
         critic_loss = masked_mean((q - target).pow(2).sum(-1, keepdim=True), batch.mask)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -89,16 +97,17 @@ class RESeL(nn.Module):
         self.critic_opt.step()
         self._polyak()
         self.critic_steps += 1
-        metrics = {"critic_loss": critic_loss.item(), "q_mean": masked_mean(q.mean(-1, keepdim=True), batch.mask).item()}
-        if self.critic_steps % self.algo.policy_delay == 0:
-            metrics.update(self._policy_and_alpha_step(batch))
+        q_mean = masked_mean(q.detach().mean(-1, keepdim=True), batch.mask)
+        metrics = {"critic_loss": critic_loss.item(), "q_mean": q_mean.item()}
+        if policy_out is not None:
+            metrics.update(self._policy_and_alpha_step(batch, policy_out))
         return metrics
 
-    def _policy_and_alpha_step(self, batch: Batch) -> dict[str, float]:
+    def _policy_and_alpha_step(self, batch: Batch, policy_out: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
         history = self._history(batch)
         with torch.no_grad():
             context = self.critic.context(*history, batch.reset)
-        mean, log_std, _ = self.policy(*history, batch.reset)
+        mean, log_std = self.policy(*history, batch.reset)[:2] if policy_out is None else policy_out
         act, logp = self._sample(mean, log_std)
         self.critic.requires_grad_(False)  # gradients reach the action, not the critic's parameters
         q = self.critic.q(batch.obs, act, context).mean(-1, keepdim=True)

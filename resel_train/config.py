@@ -44,6 +44,7 @@ class AlgoConfig:
     tau: float = 0.005
     batch_size: int = 2000  # transitions per update
     policy_delay: int = 2  # policy and alpha every 2nd critic step
+    update_every: int = 1  # environment steps per critic step (the paper: 1)
     target_entropy: float | None = None  # None: -act_dim
     max_log_alpha: float = 1.0
     fixed_alpha: float | None = None  # set for discrete-action tasks (0.2)
@@ -83,7 +84,7 @@ CPU_PRESET: dict[str, Any] = {
     "warmup_steps": 1000,
     "eval_every": 2000,
     "model": dict(d_state=16, d_conv=4, embed=64, hidden=64, dt_rank=4),
-    "algo": dict(policy_lr=3e-4, critic_lr=1e-3, encoder_lr=3e-5, batch_size=256),
+    "algo": dict(policy_lr=3e-4, critic_lr=1e-3, encoder_lr=3e-5, alpha_lr=3e-4, batch_size=256, update_every=2),
 }
 PRESETS = (*_FAMILY_PRESETS, "cpu")
 

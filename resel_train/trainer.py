@@ -174,7 +174,8 @@ class Trainer:
                 if obs is not None:  # episode ended
                     episode = EpisodeRecorder(obs, self.act_dim)
                     runner.reset()
-                if self.env_steps > cfg.warmup_steps and self.buffer.num_trajectories:
+                if (self.env_steps > cfg.warmup_steps and self.buffer.num_trajectories
+                        and self.env_steps % cfg.algo.update_every == 0):
                     metrics = self.update_once()
                 if self.env_steps % cfg.eval_every == 0:
                     self.last_eval = self.evaluate()

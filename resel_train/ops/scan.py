@@ -182,9 +182,10 @@ def _chunk_terms(dt, dtu, A, Bc, keep_c):
 
 def _walk(decay: Tensor, states: Tensor, h_prev: Tensor) -> None:
     """In place: ``states`` holds dt*B*u on entry and h_t on exit (one fused op per step)."""
-    states[0].addcmul_(decay[0], h_prev)
-    for t in range(1, states.shape[0]):
-        states[t].addcmul_(decay[t], states[t - 1])
+    steps, decays = states.unbind(0), decay.unbind(0)  # one op for all views; indexing per step costs more
+    steps[0].addcmul_(decays[0], h_prev)
+    for t in range(1, len(steps)):
+        steps[t].addcmul_(decays[t], steps[t - 1])
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -241,8 +242,9 @@ class _ChunkedScan(torch.autograd.Function):
             # grad w.r.t. h_t: output term plus what flows back through the next decay
             g_h = gy[..., None] * C_t[start:stop, :, None, :]
             g_h[-1].add_(carry)
-            for t in range(g_h.shape[0] - 2, -1, -1):
-                g_h[t].addcmul_(decay[t + 1], g_h[t + 1])
+            grads, decays = g_h.unbind(0), decay.unbind(0)
+            for t in range(len(grads) - 2, -1, -1):
+                grads[t].addcmul_(decays[t + 1], grads[t + 1])
             carry = decay[0] * g_h[0]
             # grad w.r.t. the decay, times the decay: d decay / d(dt*A) = decay
             prev = torch.cat([h_prev[None], states[:-1]])
