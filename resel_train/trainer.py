@@ -135,6 +135,7 @@ class Trainer:
         self.episodes = 0
         self.recent_returns: deque[float] = deque(maxlen=10)
         self.last_eval: float | None = None
+        self.last_eval_std: float | None = None
         if resume:
             self._restore(saved)
         self.run_dir.mkdir(parents=True, exist_ok=True)

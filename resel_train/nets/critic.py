@@ -62,8 +62,8 @@ class Critic(nn.Module):
     def q(self, obs: Tensor, act: Tensor, context: Tensor) -> Tensor:
         """Q values (..., n_heads) for any leading shape."""
         lead = obs.shape[:-1]
-        x = torch.cat([self.head_obs(obs), self.head_act(act), context], dim=-1).reshape(1, -1, context.shape[-1] * 3)
-        x = x.expand(self.n_heads, -1, -1)
+        x = torch.cat([self.head_obs(obs), self.head_act(act), context], dim=-1)
+        x = x.reshape(1, -1, x.shape[-1]).expand(self.n_heads, -1, -1)
         for layer in self.layers[:-1]:
             x = F.elu(layer(x))
         return self.layers[-1](x).squeeze(-1).transpose(0, 1).reshape(*lead, self.n_heads)
