@@ -1,0 +1,292 @@
+"""``Controller``: the one object a robot's control loop embeds.
+
+    ctrl = Controller.load("policy.onnx")          # or a checkpoint, or a TensorRT engine
+    ctrl.reset()                                   # a new episode starts at the next step
+    while running:
+        action = ctrl.step(read_sensors(), reward)  # numpy in, numpy out (env units)
+        write_actuators(action)
+
+- ``step(obs, reward=0.0, out=None)``: one robot. ``reward`` is the reward the environment gave for
+  the *previous* action (r_{t-1}); it is used only by tasks that feed rewards to the policy and is
+  ignored at an episode's first step. Returns the action rescaled to the action bounds; with
+  ``out=`` (a float32/float64 array of shape (act_dim,)) it is written there and nothing at all is
+  allocated, otherwise a new small array is returned.
+- ``step_batch(obs, rewards=None, is_first=None, out=None)``: ``batch`` robots at once, each with its
+  own state; ``is_first`` (bool per robot) starts new episodes for some robots only.
+- ``reset(rows=None)``: the next step of all (or the given) robots is the first of an episode
+  (previous obs/action/reward and the recurrent memory are treated as zeros).
+
+The controller preallocates every buffer at load (inputs, outputs, two state sets) and a step
+copies the observation into its input buffer, runs the backend, and copies the action out.
+Deterministic actions (tanh of the mean) by default; ``stochastic=True, seed=...`` samples
+tanh(mean + std * noise) with noise from a seeded numpy generator written into a preallocated
+buffer. Inputs are validated every step: a wrong shape names the expected one, NaN/inf raises.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from resel_deploy.backends import (
+    Backend,
+    OnnxRuntimeBackend,
+    TensorRTBackend,
+    TorchBackend,
+    require_tensorrt,
+)
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def detect_kind(path: str | Path) -> str:
+    """'checkpoint', 'onnx' or 'engine' for a model file; raises with what was expected otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        return "engine"
+    with path.open("rb") as f:
+        head = f.read(4)
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if head == b"PK\x03\x04":  # torch.save's zip container
+        return "checkpoint"
+    raise ValueError(
+        f"{path}: unrecognised model file (expected a RESeL checkpoint saved by `resel train`, "
+        f"an .onnx file from `resel export`, or a TensorRT engine ({'/'.join(ENGINE_SUFFIXES)}))"
+    )
+
+
+class Controller:
+    """Stepwise recurrent controller with interchangeable backends (see the module docstring)."""
+
+    def __init__(
+        self, backend: Backend, meta: dict[str, Any], batch: int = 1, stochastic: bool = False,
+        seed: int | None = None, warmup: int = 3,
+    ) -> None:
+        self._backend = backend
+        self.metadata = dict(meta)
+        self.obs_dim: int = int(meta["obs_dim"])
+        self.act_dim: int = int(meta["act_dim"])
+        self.batch: int = int(batch)
+        self.reward_as_input: bool = bool(meta.get("reward_as_input", False))
+        self.task_id: str | None = meta.get("task_id")
+        self.action_low = np.asarray(meta["action_low"], dtype=np.float32)
+        self.action_high = np.asarray(meta["action_high"], dtype=np.float32)
+        self.state_names: list[str] = [s["name"] for s in meta["state_layout"]]
+        self.stochastic = bool(stochastic)
+        self._rng = np.random.default_rng(seed)
+        h = backend.host
+        self._h = h
+        self._obs_row, self._act_row = h.obs[0], h.action[0]
+        self._obs_flat = h.obs.reshape(-1)
+        self._zeros = np.zeros(self._obs_flat.shape, np.float32)
+        self._zeros_batch = np.zeros(self.batch, np.float32)
+        self._rew_flat = h.prev_reward.reshape(-1)
+        for _ in range(max(0, warmup)):  # fault in pages and runtime arenas before the first real step
+            h.is_first.fill(1.0)
+            backend.run()
+        backend.zero_state()
+        h.obs.fill(0.0)
+        h.prev_reward.fill(0.0)
+        h.is_first.fill(1.0)
+        self.steps = 0
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        backend: str = "onnxruntime",
+        batch: int = 1,
+        stochastic: bool = False,
+        seed: int | None = None,
+        threads: int | None = None,
+        flush_denormals: bool = True,
+        device: str | None = None,
+        warmup: int = 3,
+    ) -> Controller:
+        """Load a checkpoint, an .onnx file or a TensorRT engine for ``batch`` robots.
+
+        ``backend``: "onnxruntime" (default; a checkpoint is exported to ONNX in memory first, with
+        the same parity check as ``resel export``), "torch" (checkpoints only; ``device`` picks
+        cpu/cuda) or "tensorrt" (an engine, or an ONNX file / checkpoint that is built into an
+        engine in memory; needs tensorrt and a GPU). ``threads``: onnxruntime intra-op threads
+        (default 1; inter-op is always 1); for the torch backend, when given, it calls
+        ``torch.set_num_threads(threads)`` (process-wide; by default torch's setting is left alone --
+        set it to 1 for a control loop). ``flush_denormals``: flush denormals to zero on the
+        stepping thread (FTZ/DAZ; both runtimes set it thread-wide, so other float math on that
+        thread flushes too; see backends.py for why a control loop wants it).
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1; got {batch}")
+        kind = detect_kind(path)
+        path = Path(path)
+        if backend == "torch":
+            if kind != "checkpoint":
+                raise ValueError(f"backend='torch' runs checkpoints; {path} is an {kind} file "
+                                 "(use backend='onnxruntime' for .onnx, 'tensorrt' for engines)")
+            import torch
+
+            from resel_deploy.stepwise import StepwisePolicy
+
+            stepwise = StepwisePolicy.from_checkpoint(path)
+            if threads is not None:
+                torch.set_num_threads(threads)
+            if flush_denormals:
+                torch.set_flush_denormal(True)
+            meta = _stepwise_meta(stepwise)
+            impl = TorchBackend(stepwise, batch, device)
+        elif backend == "onnxruntime":
+            if kind == "engine":
+                raise ValueError(f"{path} is a TensorRT engine; load it with backend='tensorrt'")
+            model, meta = _onnx_model(path, kind)
+            impl = OnnxRuntimeBackend(model, meta, batch, threads=threads or 1, flush_denormals=flush_denormals)
+        else:
+            require_tensorrt()
+            if kind == "engine":
+                from export.tensorrt import read_engine
+
+                engine, meta = read_engine(path)
+                if batch > int(meta.get("max_batch", batch)):
+                    raise ValueError(f"{path} was built for batch <= {meta['max_batch']}; got batch={batch} "
+                                     "(rebuild with a larger max_batch)")
+            else:
+                from export.tensorrt import build_engine_bytes
+
+                model, meta = _onnx_model(path, kind)
+                engine, meta = build_engine_bytes(model, meta, max_batch=max(batch, 1))
+            impl = TensorRTBackend(engine, meta, batch)
+        meta = {**meta, "source": str(path), "source_kind": kind}
+        return cls(impl, meta, batch=batch, stochastic=stochastic, seed=seed, warmup=warmup)
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    # ---- stepping -----------------------------------------------------------------------------
+    def reset(self, rows=None) -> None:
+        """Start a new episode at the next step for every robot, or only for ``rows`` (indices or mask)."""
+        if rows is None:
+            self._h.is_first.fill(1.0)
+        else:
+            self._h.is_first[rows] = 1.0
+
+    def step(self, obs, reward: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
+        """One robot: observation (obs_dim,) and previous reward -> action (act_dim,) in env units."""
+        if self.batch != 1:
+            raise ValueError(f"step() is for one robot; this controller was loaded with batch={self.batch}: "
+                             "use step_batch()")
+        obs = np.asarray(obs)
+        if obs.shape != (self.obs_dim,) and obs.shape != (1, self.obs_dim):
+            raise ValueError(f"obs must have shape ({self.obs_dim},); got {obs.shape}")
+        np.copyto(self._obs_row, obs.reshape(self.obs_dim) if obs.ndim == 2 else obs, casting="same_kind")
+        self._check_obs()
+        reward = float(reward)
+        if not math.isfinite(reward):
+            raise ValueError(f"reward must be finite; got {reward}")
+        self._rew_flat[0] = reward
+        self._run()
+        if out is None:
+            return self._act_row.copy()
+        np.copyto(out, self._act_row, casting="same_kind")
+        return out
+
+    def step_batch(self, obs, rewards=None, is_first=None, out: np.ndarray | None = None) -> np.ndarray:
+        """``batch`` robots: obs (batch, obs_dim), rewards (batch,) or scalar, is_first (batch,) bool.
+
+        ``is_first`` adds to episode starts requested with :meth:`reset`. Returns (batch, act_dim),
+        written into ``out`` when given.
+        """
+        obs = np.asarray(obs)
+        if obs.shape != (self.batch, self.obs_dim):
+            raise ValueError(f"obs must have shape ({self.batch}, {self.obs_dim}) = (batch, obs_dim); got {obs.shape}")
+        np.copyto(self._h.obs, obs, casting="same_kind")
+        self._check_obs()
+        if rewards is None:
+            self._rew_flat.fill(0.0)
+        else:
+            r = np.asarray(rewards)
+            if r.ndim == 0:
+                self._rew_flat.fill(float(r))
+            elif r.shape in ((self.batch,), (self.batch, 1)):
+                np.copyto(self._rew_flat, r.reshape(self.batch), casting="same_kind")
+            else:
+                raise ValueError(f"rewards must be a scalar or have shape ({self.batch},); got {r.shape}")
+            if not math.isfinite(float(np.dot(self._rew_flat, self._zeros_batch))):
+                raise ValueError(f"rewards must be finite; got {self._rew_flat.tolist()}")
+        if is_first is not None:
+            f = np.asarray(is_first)
+            if f.shape != (self.batch,):
+                raise ValueError(f"is_first must have shape ({self.batch},); got {f.shape}")
+            np.maximum(self._h.is_first, f, out=self._h.is_first, casting="unsafe")
+        self._run()
+        if out is None:
+            return self._h.action.copy()
+        np.copyto(out, self._h.action, casting="same_kind")
+        return out
+
+    def _check_obs(self) -> None:
+        # dot with zeros is 0 for finite inputs and NaN for any NaN/inf, without a temporary array
+        if not math.isfinite(float(np.dot(self._obs_flat, self._zeros))):
+            bad = np.argwhere(~np.isfinite(self._h.obs))
+            raise ValueError(f"obs contains NaN or inf at (robot, index) {bad[:5].tolist()}; refusing to act on it")
+
+    def _run(self) -> None:
+        h = self._h
+        if self.stochastic:
+            self._rng.standard_normal(out=h.noise, dtype=np.float32)
+        self._backend.run()
+        h.is_first.fill(0.0)
+        self.steps += 1
+
+    # ---- inspection ---------------------------------------------------------------------------
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Copies of the recurrent state after the last step (names as in ``state_names``)."""
+        return self._backend.get_state()
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self._backend.set_state(state)
+
+    def last_output(self) -> dict[str, np.ndarray]:
+        """Copies of the last step's action, Gaussian mean and log-std (batch, act_dim)."""
+        h = self._h
+        return {"action": h.action.copy(), "mean": h.mean.copy(), "log_std": h.log_std.copy()}
+
+    def __repr__(self) -> str:
+        return (f"Controller(backend={self.backend!r}, obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
+                f"batch={self.batch}, task={self.task_id!r}, state={self.state_names})")
+
+
+def _stepwise_meta(stepwise) -> dict[str, Any]:
+    from export.onnx import io_spec
+
+    inputs, outputs = io_spec(stepwise)
+    return {**stepwise.metadata(), "inputs": inputs, "outputs": outputs}
+
+
+def _onnx_model(path: Path, kind: str) -> tuple[bytes, dict[str, Any]]:
+    """ONNX bytes and metadata from an .onnx file, or from a checkpoint exported in memory (checked)."""
+    from export.onnx import build_metadata, parity_error, read_metadata, set_metadata, stepwise_to_onnx
+
+    if kind == "onnx":
+        meta = read_metadata(path)
+        return path.read_bytes(), meta
+    from resel_deploy.stepwise import StepwisePolicy
+
+    stepwise = StepwisePolicy.from_checkpoint(path)
+    model = stepwise_to_onnx(stepwise)
+    meta = build_metadata(stepwise, int(model.opset_import[0].version), "fp32")
+    set_metadata(model, meta)
+    data = model.SerializeToString()
+    abs_err, scaled = parity_error(data, stepwise, steps=32, batches=(2,))
+    if not scaled <= 1e-4:
+        raise RuntimeError(f"in-memory ONNX export of {path} disagrees with torch (max abs err {abs_err:.2e})")
+    return data, meta

@@ -1,0 +1,277 @@
+"""The policy as a pure function of (inputs, state) -> (action, new state): one control step, O(1).
+
+``StepwisePolicy`` wraps a trained :class:`resel_train.nets.policy.Policy` so that the caller passes
+only what a robot has at step t, and everything remembered from earlier steps travels in an
+explicit state tuple (no hidden module state, no in-place writes, so the same module exports to
+ONNX / TensorRT unchanged):
+
+    forward(obs, prev_reward, is_first, noise, *state) -> (action, mean, log_std, *new_state)
+
+Inputs (all float32, ``batch`` rows = robots):
+    obs          (batch, obs_dim)   current observation o_t
+    prev_reward  (batch, 1)         reward received after the previous action, r_{t-1}
+                                    (ignored unless the task feeds rewards to the policy)
+    is_first     (batch,)           1.0 at the first step of an episode, else 0.0: the previous
+                                    obs/action/reward and all encoder memory are treated as zeros
+    noise        (batch, act_dim)   standard-normal noise for a stochastic action; zeros give the
+                                    deterministic action tanh(mean)
+    state        see :meth:`StepwisePolicy.state_spec`; in order
+                 prev_obs (batch, obs_dim), prev_act (batch, act_dim) -- the squashed action in [-1, 1]
+                 that the policy chose last step -- then the context encoder's tensors
+                 (Mamba: per block ``blockI.conv`` (batch, d_inner, d_conv-1) and ``blockI.ssm``
+                 (batch, d_inner, d_state); GRU: ``gru`` (batch, hidden); MLP: nothing).
+Outputs:
+    action       (batch, act_dim)   tanh(mean + exp(log_std) * noise) rescaled to [action_low, action_high]
+    mean, log_std (batch, act_dim)  the Gaussian head (pre-tanh), for diagnostics and parity checks
+    new state    same names, shapes and order as the state inputs
+
+A zero state with ``is_first = 0`` and ``prev_reward = 0`` is equivalent to ``is_first = 1``. The Mamba step here is the
+same recurrence as ``resel_train.nets.mamba.Mamba.step`` with ``A = -exp(A_log)`` precomputed as a
+constant and the output contraction written as a matrix product; tests check it against both the
+training ``Policy.step`` and the parallel ``Policy.forward``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from resel_train.checkpoint import CheckpointError, load_checkpoint, policy_from_checkpoint
+from resel_train.nets.encoders import MambaEncoder
+from resel_train.nets.mamba import Mamba, MambaBlock
+from resel_train.nets.policy import Policy
+
+INPUT_NAMES = ("obs", "prev_reward", "is_first", "noise")
+OUTPUT_NAMES = ("action", "mean", "log_std")
+STATE_IN_PREFIX, STATE_OUT_PREFIX = "state_in.", "state_out."
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """One state tensor: its stable name and its shape without the leading batch axis."""
+
+    name: str
+    shape: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": ["batch", *self.shape], "dtype": "float32"}
+
+
+class _MambaStep(nn.Module):
+    """Mamba mixer step with A = -exp(A_log) held as a constant buffer (export-friendly).
+
+    Same recurrence as ``Mamba.step``. The reset is applied by sending dt to +inf for the decay
+    only, so exp(dt * A) is exactly 0 at ``is_first`` (A < 0) without an extra pass over the
+    (batch, d_inner, d_state) state; the conv window is zeroed as in ``causal_conv1d_step``.
+    """
+
+    def __init__(self, mixer: Mamba) -> None:
+        super().__init__()
+        self.mixer = mixer
+        self.d_inner, self.d_state, self.dt_rank = mixer.d_inner, mixer.d_state, mixer.dt_rank
+        # A < 0 strictly, so inf * A = -inf and never NaN (A_log below -69 would underflow A to 0)
+        A = -torch.exp(mixer.A_log.detach().float()).clamp(min=1e-30)
+        self.register_buffer("A", A, persistent=False)
+        self.register_buffer("conv_weight", mixer.conv1d.weight.detach().squeeze(1).clone(), persistent=False)
+
+    def forward(self, x: Tensor, keep: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        m = self.mixer
+        xs, z = m.in_proj(x).chunk(2, dim=-1)
+        full = torch.cat([conv_state * keep[:, :, None], xs[:, :, None]], dim=-1)  # (b, d_inner, d_conv)
+        xs = F.silu((full * self.conv_weight).sum(-1) + m.conv1d.bias)
+        dt, B, C = torch.split(m.x_proj(xs), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(m.dt_proj(dt))  # (b, d_inner)
+        dt_decay = torch.where(keep > 0.5, dt, torch.inf)  # reset: exp(inf * A) = 0
+        decay = torch.exp(dt_decay[:, :, None] * self.A)  # (b, d_inner, d_state)
+        ssm = decay * ssm_state + torch.matmul((dt * xs)[:, :, None], B[:, None, :])
+        y = torch.matmul(ssm, C[:, :, None]).squeeze(-1) + m.D * xs
+        y = y * F.silu(z)
+        return m.out_proj(y), full[:, :, 1:], ssm
+
+
+class _RMSNorm(nn.Module):
+    """RMSNorm written as x / sqrt(mean(x^2) + eps) * w, the pattern onnxruntime fuses into one op.
+
+    eps is a (1,)-shaped buffer on purpose: the exporter's optimiser treats a scalar 1e-8 as zero
+    and deletes the ``+ eps`` (a zero input would then give 0/0 = NaN, and the fusion would not match).
+    """
+
+    def __init__(self, norm: nn.RMSNorm) -> None:
+        super().__init__()
+        self.norm = norm
+        self.register_buffer("eps", torch.full((1,), float(norm.eps)), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm.weight
+
+
+def _gelu(x: Tensor) -> Tensor:
+    """Exact (erf) GELU in the operand order onnxruntime fuses into one Gelu op."""
+    return (x * (1.0 + torch.erf(x / math.sqrt(2.0)))) * 0.5
+
+
+class _MambaBlockStep(nn.Module):
+    def __init__(self, block: MambaBlock) -> None:
+        super().__init__()
+        self.block = block
+        self.norm = _RMSNorm(block.norm)
+        self.mixer = _MambaStep(block.mixer)
+
+    def forward(self, x: Tensor, keep: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b = self.block
+        y, conv, ssm = self.mixer(self.norm(x), keep, conv, ssm)
+        h = x + y
+        return b.ff_norm(h + b.ff_out(_gelu(b.ff_in(h)))), conv, ssm
+
+
+class StepwisePolicy(nn.Module):
+    """One control step of a RESeL policy with explicit state (see the module docstring)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        action_low: Sequence[float] | None = None,
+        action_high: Sequence[float] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.policy = policy.eval()
+        self.obs_dim, self.act_dim, self.reward_as_input = policy.obs_dim, policy.act_dim, policy.reward_as_input
+        self.meta = dict(meta or {})
+        low, high = _bounds(action_low, action_high, self.act_dim)
+        self.action_low, self.action_high = low, high
+        scale = [(hi - lo) / 2 for lo, hi in zip(low, high, strict=True)]
+        offset = [(hi + lo) / 2 for lo, hi in zip(low, high, strict=True)]
+        self.register_buffer("act_scale", torch.tensor(scale), persistent=False)
+        self.register_buffer("act_offset", torch.tensor(offset), persistent=False)
+        encoder = policy.encoder
+        self._mamba = isinstance(encoder, MambaEncoder)
+        self.blocks = nn.ModuleList(_MambaBlockStep(b) for b in encoder.blocks) if self._mamba else nn.ModuleList()
+        example = encoder.initial_state(1)
+        names = encoder.state_names()
+        self._encoder_specs = [StateSpec(n, tuple(t.shape[1:])) for n, t in zip(names, example, strict=True)]
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> StepwisePolicy:
+        """Load a training checkpoint (weights only; no pickled code runs) into a stepwise policy."""
+        data = load_checkpoint(path)
+        spec = data.get("model")
+        if not isinstance(spec, dict) or "policy" not in data:
+            raise CheckpointError(f"{path} has no 'model' spec or 'policy' weights; it cannot be deployed")
+        try:
+            policy = policy_from_checkpoint(data)
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{path}: policy weights do not match its model spec ({exc})") from exc
+        meta = {
+            "task_id": spec.get("task_id"),
+            "encoder": spec.get("encoder"),
+            "encoder_kwargs": spec.get("encoder_kwargs") or {},
+            "embed": spec.get("embed"),
+            "hidden": spec.get("hidden"),
+            "source": str(path),
+        }
+        return cls(policy, spec.get("action_low"), spec.get("action_high"), meta)
+
+    # ---- state --------------------------------------------------------------------------------
+    def state_spec(self) -> list[StateSpec]:
+        """Names and per-row shapes of the state tensors, in the order ``forward`` takes them."""
+        return [StateSpec("prev_obs", (self.obs_dim,)), StateSpec("prev_act", (self.act_dim,)), *self._encoder_specs]
+
+    def state_names(self) -> list[str]:
+        return [s.name for s in self.state_spec()]
+
+    def initial_state(self, batch: int, device=None, dtype=torch.float32) -> tuple[Tensor, ...]:
+        """All-zero state for ``batch`` robots (equivalent to starting every episode with is_first = 1)."""
+        return tuple(torch.zeros(batch, *s.shape, device=device, dtype=dtype) for s in self.state_spec())
+
+    def metadata(self) -> dict[str, Any]:
+        """What a deployed artifact needs to describe itself (dims, bounds, state layout)."""
+        return {
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "reward_as_input": self.reward_as_input,
+            "action_low": list(self.action_low),
+            "action_high": list(self.action_high),
+            "task_id": self.meta.get("task_id"),
+            "encoder": self.meta.get("encoder") or type(self.policy.encoder).__name__,
+            "state_layout": [s.as_dict() for s in self.state_spec()],
+        }
+
+    # ---- the step -----------------------------------------------------------------------------
+    def forward(self, obs: Tensor, prev_reward: Tensor, is_first: Tensor, noise: Tensor, *state: Tensor):
+        prev_obs, prev_act, enc_state = state[0], state[1], state[2:]
+        keep = (1.0 - is_first)[:, None]  # (b, 1)
+        pol = self.policy
+        prev_rew = prev_reward * keep if self.reward_as_input else None
+        x = pol.embedding(obs, prev_obs * keep, prev_act * keep, prev_rew)
+        if self._mamba:
+            enc = pol.encoder
+            h = F.elu(enc.input(x))
+            new_enc: list[Tensor] = []
+            for i, block in enumerate(self.blocks):
+                h, conv, ssm = block(h, keep, enc_state[2 * i], enc_state[2 * i + 1])
+                new_enc += [conv, ssm]
+            context = enc.output(F.elu(h))
+            new_enc_state = tuple(new_enc)
+        else:
+            context, new_enc_state = pol.encoder.step(x, is_first, tuple(enc_state))
+        mean, log_std = pol._head(obs, context)
+        squashed = torch.tanh(mean + torch.exp(log_std) * noise)
+        action = squashed * self.act_scale + self.act_offset
+        # obs.clone(): the new state must not alias an input buffer the caller will overwrite
+        return (action, mean, log_std, obs.clone(), squashed, *new_enc_state)
+
+    @torch.no_grad()
+    def step(
+        self,
+        obs: Tensor,
+        prev_reward: Tensor | None,
+        is_first: Tensor,
+        state: tuple[Tensor, ...],
+        noise: Tensor | None = None,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Convenience form: ``(obs, prev_reward, is_first, state) -> (action in env units, new_state)``.
+
+        ``prev_reward`` may be None (zeros), ``is_first`` may be bool, ``noise`` None (deterministic).
+        """
+        batch = obs.shape[0]
+        if prev_reward is None:
+            prev_reward = obs.new_zeros(batch, 1)
+        prev_reward = prev_reward.reshape(batch, 1).to(obs.dtype)
+        if noise is None:
+            noise = obs.new_zeros(batch, self.act_dim)
+        out = self(obs, prev_reward, is_first.reshape(batch).to(obs.dtype), noise, *state)
+        return out[0], tuple(out[3:])
+
+
+def _bounds(low, high, act_dim: int) -> tuple[list[float], list[float]]:
+    """Finite per-dimension bounds; missing or infinite bounds leave the squashed action unscaled."""
+    if low is None or high is None:
+        return [-1.0] * act_dim, [1.0] * act_dim
+    low = [float(v) for v in torch.as_tensor(low, dtype=torch.float64).reshape(-1).tolist()]
+    high = [float(v) for v in torch.as_tensor(high, dtype=torch.float64).reshape(-1).tolist()]
+    if len(low) == 1:
+        low = low * act_dim
+    if len(high) == 1:
+        high = high * act_dim
+    if len(low) != act_dim or len(high) != act_dim:
+        raise ValueError(f"action bounds must have act_dim={act_dim} entries; got {len(low)} and {len(high)}")
+    out_lo, out_hi = [], []
+    for lo, hi in zip(low, high, strict=True):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            lo, hi = -1.0, 1.0
+        if hi < lo:
+            raise ValueError(f"action_high {hi} < action_low {lo}")
+        out_lo.append(lo)
+        out_hi.append(hi)
+    return out_lo, out_hi
