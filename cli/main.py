@@ -59,21 +59,78 @@ def train(
     console.print(f"checkpoint: {trainer.run_dir / 'checkpoint.pt'}")
 
 
+class Backend(str, Enum):
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+    tensorrt = "tensorrt"
+
+
+class Format(str, Enum):
+    onnx = "onnx"
+    trt = "trt"
+
+
+def _rollout(model: Path, env: str | None, episodes: int, backend: str, seed: int, stochastic: bool) -> None:
+    from resel_deploy.controller import Controller
+    from resel_deploy.rollout import run_rollouts
+
+    try:
+        controller = Controller.load(model, backend=backend)
+        env_id = env or controller.task_id
+        if not env_id:
+            raise ValueError(f"{model} does not record its task: pass --env (see `resel envs`)")
+        report = run_rollouts(controller, env_id, episodes, backend=backend, seed=seed, stochastic=stochastic)
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
+        _fail(exc)
+    console.print(report.table())
+
+
 @app.command("eval")
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt written by `resel train`.")],
     env: Annotated[Optional[str], typer.Option(help="Task id (default: the checkpoint's task).")] = None,
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the first episode.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the environment.")] = 0,
 ) -> None:
-    """Evaluate the deterministic policy of a checkpoint (torch backend) and print returns."""
-    from resel_deploy.rollout import run_rollouts
+    """Evaluate the deterministic policy of a checkpoint (torch backend, held-out tasks) and print returns."""
+    _rollout(checkpoint, env, episodes, "torch", seed, stochastic=False)
 
+
+@app.command()
+def rollout(
+    model: Annotated[Path, typer.Argument(help="A checkpoint, an .onnx file or a TensorRT engine.")],
+    env: Annotated[Optional[str], typer.Option(help="Task id (default: the model's task).")] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 5,
+    backend: Annotated[Backend, typer.Option(help="Inference backend.")] = Backend.onnxruntime,
+    seed: Annotated[int, typer.Option(help="Seed of the environment.")] = 0,
+    stochastic: Annotated[bool, typer.Option(help="Sample actions instead of tanh(mean).")] = False,
+) -> None:
+    """Run episodes with the constant-time controller; report returns and per-step latency percentiles."""
+    _rollout(model, env, episodes, backend.value, seed, stochastic)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt (or, for trt, an .onnx file).")],
+    format: Annotated[Format, typer.Option("--format", help="onnx, or trt (TensorRT engine; needs a GPU).")] = Format.onnx,
+    fp16: Annotated[bool, typer.Option(help="fp16 weights and matmuls; softplus, exp and state stay fp32.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Output file (default: next to the input).")] = None,
+) -> None:
+    """Export the stepwise policy: ONNX with a parity certificate, or a TensorRT engine."""
     try:
-        report = run_rollouts(checkpoint, env, episodes, backend="torch", seed=seed)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+        if format is Format.onnx:
+            from export.onnx import export_onnx
+
+            report = export_onnx(checkpoint, out, fp16=fp16)
+            console.print(f"wrote {report.path} (opset {report.opset}, {report.precision}, "
+                          f"{report.size_bytes / 1e6:.2f} MB); parity vs torch over {report.check_steps} steps at "
+                          f"batch {report.check_batches}: max abs error {report.max_abs_error:.2e}")
+        else:
+            from export.tensorrt import build_engine
+
+            console.print(f"wrote {build_engine(checkpoint, out, fp16=fp16)}")
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
         _fail(exc)
-    console.print(report.table())
 
 
 @app.command()
