@@ -21,6 +21,11 @@ copies the observation into its input buffer, runs the backend, and copies the a
 Deterministic actions (tanh of the mean) by default; ``stochastic=True, seed=...`` samples
 tanh(mean + std * noise) with noise from a seeded numpy generator written into a preallocated
 buffer. Inputs are validated every step: a wrong shape names the expected one, NaN/inf raises.
+
+Real-time notes: onnxruntime runs with one intra-op and one inter-op thread (the step runs on the
+caller's thread); denormals are flushed to zero on the loading thread (call ``prepare_thread()``
+first thing on a different control thread); for the torch backend call
+``torch.set_num_threads(1)`` (or pass ``threads=1``).
 """
 
 from __future__ import annotations
@@ -125,6 +130,8 @@ class Controller:
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+        if flush_denormals:
+            _flush_denormals_on_this_thread()
         if batch < 1:
             raise ValueError(f"batch must be >= 1; got {batch}")
         kind = detect_kind(path)
@@ -140,8 +147,6 @@ class Controller:
             stepwise = StepwisePolicy.from_checkpoint(path)
             if threads is not None:
                 torch.set_num_threads(threads)
-            if flush_denormals:
-                torch.set_flush_denormal(True)
             meta = _stepwise_meta(stepwise)
             impl = TorchBackend(stepwise, batch, device)
         elif backend == "onnxruntime":
@@ -170,6 +175,15 @@ class Controller:
     @property
     def backend(self) -> str:
         return self._backend.name
+
+    def prepare_thread(self) -> None:
+        """Call once at the start of the thread that will step the controller, if it is not the loading thread.
+
+        Sets flush-to-zero / denormals-are-zero on the calling thread (the CPU flag is per thread;
+        onnxruntime sets it only on the thread that created the session), so decaying recurrent
+        states and tiny exp(dt * A) values never take the CPU's slow denormal path.
+        """
+        _flush_denormals_on_this_thread()
 
     # ---- stepping -----------------------------------------------------------------------------
     def reset(self, rows=None) -> None:
@@ -263,6 +277,15 @@ class Controller:
     def __repr__(self) -> str:
         return (f"Controller(backend={self.backend!r}, obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
                 f"batch={self.batch}, task={self.task_id!r}, state={self.state_names})")
+
+
+def _flush_denormals_on_this_thread() -> None:
+    try:
+        import torch
+
+        torch.set_flush_denormal(True)
+    except ImportError:  # onnxruntime's session option still covers the loading thread
+        pass
 
 
 def _stepwise_meta(stepwise) -> dict[str, Any]:

@@ -17,6 +17,13 @@ REASON = tensorrt_unavailable_reason()
 needs_trt = pytest.mark.skipif(REASON is not None, reason=str(REASON))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_float_environment():
+    """Controllers flush denormals on this thread (FTZ/DAZ); leave the thread as we found it for other tests."""
+    yield
+    torch.set_flush_denormal(False)
+
+
 @pytest.mark.skipif(REASON is None, reason="TensorRT is available here")
 def test_without_tensorrt_one_line_error(tmp_path):
     ckpt = make_random_checkpoint(tmp_path / "c.pt", obs_dim=3, act_dim=1, embed=8, hidden=16, encoder="mlp")
