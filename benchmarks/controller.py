@@ -19,6 +19,9 @@ thread, it measures
     python benchmarks/controller.py            # full run (~1-2 minutes, most of it stepping to t=100000)
     python benchmarks/controller.py --quick    # t in {10, 1000, 10000}, fewer samples
 
+The table also shows p10, a fair estimate of the uncontended step on a shared machine (other
+processes preempt or slow the timed thread for the rest of the distribution).
+
 Prints a table and writes ``benchmarks/results/controller.json`` (``--out``; ``--no-save`` to skip).
 Targets: onnxruntime p50 <= 1.5 x floor, p99 <= 2 x p50, p50 at t=100000 within 10% of t=10.
 """
@@ -152,12 +155,17 @@ def stepwise_latency(ckpt: Path, onnx_path: Path, lengths: list[int], samples: i
                         t0 = time.perf_counter_ns()
                         ctrl.step(obs, 0.0, out=out)
                         times[name][t].append(time.perf_counter_ns() - t0)
+                        if rt.active and i % 200 == 199:
+                            # stay under the kernel's real-time budget (95% of each second) or it pauses
+                            # us for 50 ms; rarely, so the weights stay as warm as in a running loop
+                            time.sleep(0.012)
     result = {}
     for name in ctrls:
         result[name] = {}
         for t in lengths:
             us = np.array(times[name][t]) / 1e3
-            result[name][str(t)] = {"p50": float(np.percentile(us, 50)), "p90": float(np.percentile(us, 90)),
+            result[name][str(t)] = {"p10": float(np.percentile(us, 10)), "p50": float(np.percentile(us, 50)),
+                                    "p90": float(np.percentile(us, 90)),
                                     "p99": float(np.percentile(us, 99)), "max": float(us.max()),
                                     "mean": float(us.mean()), "n": int(us.size)}
     return {"latency_us": result, "advance_s": advance_s, "realtime_scheduling": rt.active}
@@ -232,9 +240,11 @@ def main(argv=None) -> dict:
         policy = policy_from_checkpoint(load_checkpoint(ckpt))
         flops = step_flops(policy)
         nbytes = weight_bytes(onnx_path)
-        rates = measure_rates(nbytes // 4)
+        with realtime_priority(args.realtime):  # the floor's rates under the same scheduling as the steps
+            rates = measure_rates(nbytes // 4)
         stepwise = stepwise_latency(ckpt, onnx_path, lengths, samples, rounds=8, realtime=args.realtime)
-        rates_after = measure_rates(nbytes // 4)  # again after the run; keep the faster (stricter floor)
+        with realtime_priority(args.realtime):
+            rates_after = measure_rates(nbytes // 4)  # again after the run; keep the faster (stricter floor)
         naive = naive_latency(ckpt, naive_lengths, max(lengths))
     rate = max(rates["matvec_flops_per_s"], rates_after["matvec_flops_per_s"])
     bw = max(rates["read_bytes_per_s"], rates_after["read_bytes_per_s"])
@@ -287,16 +297,16 @@ def print_table(result: dict, lengths: list[int]) -> None:
         f"SCHED_FIFO {'on' if result['stepwise']['realtime_scheduling'] else 'off'}]"
     )
     table = Table(title="Per-step latency, batch 1, one thread (us)")
-    for col in ("method", "history t", "p50", "p99", "max", "p50 / floor", "p99 / p50"):
+    for col in ("method", "history t", "p10", "p50", "p99", "max", "p50 / floor", "p99 / p50"):
         table.add_column(col, justify="right")
     for name, rows in result["stepwise"]["latency_us"].items():
         for t in lengths:
             v = rows[str(t)]
-            table.add_row(name, str(t), f"{v['p50']:.1f}", f"{v['p99']:.1f}", f"{v['max']:.0f}",
+            table.add_row(name, str(t), f"{v['p10']:.1f}", f"{v['p50']:.1f}", f"{v['p99']:.1f}", f"{v['max']:.0f}",
                           f"{v['p50'] / f_us:.2f}", f"{v['p99'] / v['p50']:.2f}")
     for t, v in result["naive_full_history_us"].items():
         label = "naive (full history)" + ("" if v["measured"] else ", extrapolated")
-        table.add_row(label, t, f"{v['p50']:.1f}", f"{v['p99']:.1f}", "", f"{v['p50'] / f_us:.1f}", "")
+        table.add_row(label, t, "", f"{v['p50']:.1f}", f"{v['p99']:.1f}", "", f"{v['p50'] / f_us:.1f}", "")
     console.print(table)
     tg = result["targets"]
     console.print(
