@@ -193,3 +193,19 @@ def test_stepwise_convenience_step(model):
     state = sp.initial_state(2)
     action, state = sp.step(torch.randn(2, OBS), None, torch.tensor([True, False]), state)
     assert action.shape == (2, ACT) and [tuple(s.shape[1:]) for s in state] == [s.shape for s in sp.state_spec()]
+
+
+def test_deploy_never_imports_the_trainer(model):
+    """resel_deploy and export use the networks and the checkpoint loader only."""
+    import subprocess
+    import sys
+
+    _, onnx_path = model
+    code = (
+        "import sys, resel_deploy, resel_deploy.rollout, export.onnx, export.tensorrt\n"
+        f"resel_deploy.Controller.load({str(onnx_path)!r}).step([0.0] * {OBS})\n"
+        "bad = [m for m in sys.modules if m.startswith('resel_train.') and m.split('.')[1] in "
+        "('trainer', 'buffer', 'algo', 'config')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
