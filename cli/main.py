@@ -72,15 +72,10 @@ class Format(str, Enum):
 
 
 def _rollout(model: Path, env: str | None, episodes: int, backend: str, seed: int, stochastic: bool) -> None:
-    from resel_deploy.controller import Controller
     from resel_deploy.rollout import run_rollouts
 
     try:
-        controller = Controller.load(model, backend=backend)
-        env_id = env or controller.task_id
-        if not env_id:
-            raise ValueError(f"{model} does not record its task: pass --env (see `resel envs`)")
-        report = run_rollouts(controller, env_id, episodes, backend=backend, seed=seed, stochastic=stochastic)
+        report = run_rollouts(model, env, episodes, backend=backend, seed=seed, stochastic=stochastic)
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
         _fail(exc)
     console.print(report.table())
