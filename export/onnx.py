@@ -36,8 +36,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -48,6 +46,7 @@ import numpy as np
 import torch
 
 from resel_deploy.stepwise import STATE_IN_PREFIX, STATE_OUT_PREFIX, StepwisePolicy
+from resel_train.atomic import atomic_write
 
 OPSET = 18
 FORMAT = "resel-stepwise"
@@ -286,7 +285,7 @@ def export_onnx(
     )
     set_metadata(model, meta)
     data = model.SerializeToString()
-    _atomic_write(out, data)
+    atomic_write(out, data)
     return ExportReport(
         path=out, opset=opset, precision=precision, max_abs_error=abs_err, max_scaled_error=scaled_err,
         tolerance=tolerance, check_steps=check_steps, check_batches=batches, size_bytes=len(data),
@@ -445,17 +444,3 @@ def _ort_version() -> str:
         return f"onnxruntime {onnxruntime.__version__}"
     except ImportError:
         return "unknown"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

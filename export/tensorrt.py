@@ -28,14 +28,13 @@ direction.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from resel_deploy.backends import TensorRTUnavailable, require_tensorrt, tensorrt_unavailable_reason
+from resel_train.atomic import atomic_write
 
 ENGINE_FORMAT = "resel-stepwise-tensorrt"
 
@@ -88,8 +87,8 @@ def build_engine(
     if verify_steps:
         meta["engine_parity_max_abs_error"] = _verify(engine, model.SerializeToString(), meta, verify_steps, fp16)
     meta["onnx_source"] = str(onnx_path)
-    _atomic_write(out, engine)
-    _atomic_write(_sidecar(out), json.dumps(meta, indent=1).encode())
+    atomic_write(out, engine)
+    atomic_write(_sidecar(out), json.dumps(meta, indent=1).encode())
     return out
 
 
@@ -184,17 +183,3 @@ def _verify(engine: bytes, model_bytes: bytes, meta: dict[str, Any], steps: int,
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
