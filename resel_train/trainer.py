@@ -178,11 +178,12 @@ class Trainer:
                 if (self.env_steps > cfg.warmup_steps and self.buffer.num_trajectories
                         and self.env_steps % cfg.algo.update_every == 0):
                     metrics = self.update_once()
-                if self.env_steps % cfg.eval_every == 0:
+                evaluate = self.env_steps % cfg.eval_every == 0 or self.env_steps == cfg.steps
+                if evaluate:
                     self.last_eval = self.evaluate()
-                if self.env_steps % cfg.log_every == 0 or self.env_steps % cfg.eval_every == 0:
+                if evaluate or self.env_steps % cfg.log_every == 0:
                     rate = (self.env_steps - start_steps) / (time.perf_counter() - start_time)
-                    self._log(logger, metrics, rate, start_time)
+                    self._log(logger, metrics, rate, start_time, evaluate)
                     progress.update(bar, status=self._status(rate))
                 if self.env_steps % cfg.checkpoint_every == 0:
                     self.save()
@@ -235,8 +236,7 @@ class Trainer:
         evalr = f"{self.last_eval:.1f}" if self.last_eval is not None else "-"
         return f"{rate:.0f} steps/s  train {train}  eval {evalr}"
 
-    def _log(self, logger: RunLogger, metrics: dict[str, float], rate: float, start_time: float) -> None:
-        evaluated = self.env_steps % self.cfg.eval_every == 0
+    def _log(self, logger: RunLogger, metrics: dict[str, float], rate: float, start_time: float, evaluated: bool) -> None:
         logger.log({
             "step": self.env_steps, "wall_s": round(time.perf_counter() - start_time, 2), "steps_per_s": rate,
             "episodes": self.episodes,

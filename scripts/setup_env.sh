@@ -14,4 +14,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 # Extras: simulators, ONNX export/runtime, test tools, and triton (its kernels are tested on the CPU
 # in Triton's interpreter). No package here needs a GPU.
-pip install -q -e ".[sim,onnx,dev,triton]"
+# Reinstall only when the project's dependencies changed since the last install.
+if [ ! -f .venv/.resel-installed ] || [ pyproject.toml -nt .venv/.resel-installed ]; then
+  pip install -q -e ".[sim,onnx,dev,triton]"
+  touch .venv/.resel-installed
+fi
