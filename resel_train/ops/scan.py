@@ -204,26 +204,26 @@ class _ChunkedScan(torch.autograd.Function):
         keep_t = None if keep is None else keep.t().contiguous()
         h = u.new_zeros(batch, d_inner, d_state) if h0 is None else h0
         y_t = u.new_empty(length, batch, d_inner)
-        boundaries = []
-        for start in range(0, length, chunk):
+        boundaries = u.new_empty(-(-length // chunk), batch, d_inner, d_state)  # state entering each chunk
+        for idx, start in enumerate(range(0, length, chunk)):
             stop = min(start + chunk, length)
-            boundaries.append(h)
+            boundaries[idx] = h
             kc = None if keep_t is None else keep_t[start:stop]
             decay, states = _chunk_terms(dt_t[start:stop], dtu_t[start:stop], A, B_t[start:stop], kc)
             _walk(decay, states, h)
             y_t[start:stop] = torch.matmul(states, C_t[start:stop, :, :, None]).squeeze(-1)
-            h = states[-1].clone()
+            h = states[-1]
         ctx.chunk = chunk
         ctx.has_h0 = h0 is not None
-        ctx.save_for_backward(u, delta, A, dt_t, dtu_t, B_t, C_t, keep_t, torch.stack(boundaries))
-        return y_t.permute(1, 2, 0), h
+        ctx.save_for_backward(u, delta, A, dt_t, dtu_t, B_t, C_t, keep_t, boundaries)
+        return y_t.permute(1, 2, 0), h.clone()
 
     @staticmethod
     def backward(ctx, grad_y, grad_last):
         u, delta, A, dt_t, dtu_t, B_t, C_t, keep_t, boundaries = ctx.saved_tensors
         length, batch, d_inner = dt_t.shape
         chunk = ctx.chunk
-        gy_t = grad_y.permute(2, 0, 1)
+        gy_t = grad_y.permute(2, 0, 1).contiguous()  # else g_h inherits a layout that splits each step's slice
         carry = torch.zeros_like(boundaries[0]) if grad_last is None else grad_last.clone()
         g_dt = torch.empty_like(dt_t)
         g_dtu = torch.empty_like(dt_t)
@@ -246,13 +246,14 @@ class _ChunkedScan(torch.autograd.Function):
             for t in range(len(grads) - 2, -1, -1):
                 grads[t].addcmul_(decays[t + 1], grads[t + 1])
             carry = decay[0] * g_h[0]
-            # grad w.r.t. the decay, times the decay: d decay / d(dt*A) = decay
-            prev = torch.cat([h_prev[None], states[:-1]])
-            g_log_decay = prev.mul_(g_h).mul_(decay)
-            g_dt[start:stop] = torch.einsum("tbdn,dn->tbd", g_log_decay, A)
-            g_A += (g_log_decay * dt_t[start:stop, :, :, None]).sum((0, 1))  # einsum here copies: 4x slower
             g_dtu[start:stop] = torch.matmul(g_h, B_t[start:stop, :, :, None]).squeeze(-1)
             g_B[start:stop] = torch.matmul(dtu_t[start:stop, :, None, :], g_h).squeeze(-2)
+            # g_h becomes, in place, the grad w.r.t. log decay: g_h_t * h_{t-1} * decay_t
+            g_h[1:].mul_(states[:-1])
+            g_h[0].mul_(h_prev)
+            g_log_decay = g_h.mul_(decay)
+            g_dt[start:stop] = torch.einsum("tbdn,dn->tbd", g_log_decay, A)
+            g_A += g_log_decay.mul_(dt_t[start:stop, :, :, None]).sum((0, 1))  # einsum here copies: 4x slower
         g_dtu = g_dtu.permute(1, 2, 0)
         g_u = g_dtu * delta
         g_delta = g_dt.permute(1, 2, 0) + g_dtu * u
