@@ -48,7 +48,7 @@ def first_step_reaching(steps: np.ndarray, returns: np.ndarray, threshold: float
     return int(steps[hit[0]]) if len(hit) else None
 
 
-def summarise(out: Path, env: str, encoders: list[str], seeds: list[int], thresholds: list[float]) -> dict:
+def summarise(out: Path, env: str, encoders: list[str], seeds: list[int], thresholds: list[float], tag: str = "") -> dict:
     from resel_train.logger import plot_learning_curves, read_metrics
 
     summary: dict = {"env": env, "thresholds": thresholds, "encoders": {}}
@@ -73,10 +73,10 @@ def summarise(out: Path, env: str, encoders: list[str], seeds: list[int], thresh
                       *[""] * len(thresholds), "")
     console.print(table)
     png = plot_learning_curves({e: [run_dir(out, env, e, s) for s in seeds] for e in encoders},
-                               RESULTS / f"learning_{env}.png", title=f"{env}: deterministic evaluation return")
+                               RESULTS / f"learning_{env}{tag}.png", title=f"{env}{tag}: deterministic evaluation return")
     summary["png"] = str(png.relative_to(ROOT.parent))
-    (RESULTS / f"learning_{env}.json").write_text(json.dumps(summary, indent=1))
-    console.print(f"wrote {png} and {RESULTS / f'learning_{env}.json'}")
+    (RESULTS / f"learning_{env}{tag}.json").write_text(json.dumps(summary, indent=1))
+    console.print(f"wrote {png} and {RESULTS / f'learning_{env}{tag}.json'}")
     return summary
 
 
@@ -99,7 +99,7 @@ def learn(args: argparse.Namespace) -> None:
         if p.wait() != 0:
             raise SystemExit(f"a training run failed: see the .log files in {out}")
     console.print(f"all runs done in {(time.perf_counter() - start) / 60:.1f} min")
-    summarise(out, args.env, args.encoders, args.seeds, args.thresholds)
+    summarise(out, args.env, args.encoders, args.seeds, args.thresholds, args.tag)
 
 
 def throughput(args: argparse.Namespace) -> None:
@@ -151,6 +151,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--force", action="store_true")
     p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--tag", default="", help="suffix of the result files, e.g. _lrce3e-4 for a variant")
     t = sub.add_parser("throughput")
     t.add_argument("--env", default="Pendulum-V")
     t.add_argument("--updates", type=int, default=100)
@@ -158,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     if args.command == "learn" and args.summary_only:
-        summarise(Path(args.out), args.env, args.encoders, args.seeds, args.thresholds)
+        summarise(Path(args.out), args.env, args.encoders, args.seeds, args.thresholds, args.tag)
     elif args.command == "learn":
         learn(args)
     else:
