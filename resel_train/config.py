@@ -84,7 +84,7 @@ CPU_PRESET: dict[str, Any] = {
     "warmup_steps": 1000,
     "eval_every": 2000,
     "model": dict(d_state=16, d_conv=4, embed=64, hidden=64, dt_rank=4),
-    "algo": dict(policy_lr=3e-4, critic_lr=1e-3, encoder_lr=3e-5, alpha_lr=3e-4, batch_size=256, update_every=2),
+    "algo": dict(policy_lr=3e-4, critic_lr=1e-3, encoder_lr=3e-4, alpha_lr=3e-4, batch_size=256, update_every=2),
 }
 PRESETS = (*_FAMILY_PRESETS, "cpu")
 
