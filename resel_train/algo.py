@@ -1,21 +1,33 @@
 """The RESeL update: REDQ-flavoured SAC over packed trajectory batches (SPEC §2).
 
-One call to :meth:`RESeL.update` is one critic step (and, every ``policy_delay`` steps, one
-policy and alpha step). Every network runs once over the packed rows; the next-step view used
+One call to :meth:`RESeL.update` is one critic step (and, when the noise carries a policy draw,
+one policy and alpha step). Every network runs once over the packed rows; the next-step view used
 by the target is the same rows shifted by one slot (see ``buffer.Batch``).
+
+All randomness of an update (the target's next-action noise, the policy loss's action noise and
+the random pair of target heads) is drawn on the host by :meth:`RESeL.draw_noise` from one CPU
+generator and travels with the batch as an :class:`UpdateNoise`. The update itself is then a pure
+function of (parameters, batch, noise): the same on every device, reproducible and resumable, and
+free of host synchronisation, so it can be captured once and replayed as a CUDA graph
+(``resel_train.graphed_update``). Metrics are returned as 0-d tensors on the training device and
+read only when they are logged.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
 
-from resel_train.buffer import Batch, next_view
+from resel_train.buffer import Batch, next_view, pad_rows_time
 from resel_train.config import AlgoConfig, ModelConfig
 from resel_train.nets.critic import Critic
 from resel_train.nets.policy import Policy, sample_squashed
+
+CRITIC_METRICS = ("critic_loss", "q_mean", "critic_grad_norm")
+POLICY_METRICS = ("policy_loss", "entropy", "policy_grad_norm", "alpha")
 
 
 def parameter_groups(net: nn.Module, lr_other: float, lr_encoder: float) -> list[dict]:
@@ -32,42 +44,85 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def make_adamw(groups: list[dict] | list[Tensor], lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with one fused kernel per step where the device has one; capturable on CUDA (graph replay)."""
+    cuda = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, fused=True, capturable=cuda)
+
+
+@dataclass
+class UpdateNoise:
+    """The random draws of one update, made on the host (see the module docstring).
+
+    ``target``: standard-normal noise (rows, L, act_dim) for the next action in the critic target;
+    ``policy``: the same for the action of the policy loss, or None on critic-only steps;
+    ``head_pair``: (2,) int64, the target heads whose minimum is the bootstrap value.
+    """
+
+    target: Tensor
+    head_pair: Tensor
+    policy: Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> UpdateNoise:
+        return UpdateNoise(**{f.name: None if getattr(self, f.name) is None
+                              else getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def pin_memory(self) -> UpdateNoise:
+        return UpdateNoise(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).pin_memory()
+                              for f in fields(self)})
+
+    def padded(self, rows: int, length: int) -> UpdateNoise:
+        """Zero-padded to (rows, length) along the batch and time axes (matching ``Batch.padded``)."""
+        policy = None if self.policy is None else pad_rows_time(self.policy, rows, length)
+        return UpdateNoise(target=pad_rows_time(self.target, rows, length), head_pair=self.head_pair, policy=policy)
+
+
 class RESeL(nn.Module):
     """Policy, critic ensemble, target critic, temperature and their optimisers."""
 
     def __init__(
         self, obs_dim: int, act_dim: int, reward_as_input: bool, model: ModelConfig, algo: AlgoConfig,
-        seed: int = 0,
+        seed: int = 0, device: torch.device | str = "cpu",
     ) -> None:
         super().__init__()
-        self.algo = algo
+        self.algo, self.act_dim = algo, act_dim
+        device = torch.device(device)
         kw = dict(encoder=model.encoder, encoder_kwargs=model.encoder_kwargs(), embed=model.embed, hidden=model.hidden)
         self.policy = Policy(obs_dim, act_dim, reward_as_input, **kw)
         self.critic = Critic(obs_dim, act_dim, reward_as_input, n_heads=model.n_critics, **kw)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.zeros(()))
+        self.to(device)
         self.target_entropy = -float(act_dim) if algo.target_entropy is None else float(algo.target_entropy)
-        opt = dict(weight_decay=0.0)
-        self.policy_opt = torch.optim.AdamW(parameter_groups(self.policy, algo.policy_lr, algo.encoder_lr), **opt)
-        self.critic_opt = torch.optim.AdamW(parameter_groups(self.critic, algo.critic_lr, algo.encoder_lr), **opt)
-        self.alpha_opt = torch.optim.AdamW([self.log_alpha], lr=algo.alpha_lr, **opt)
-        self.generator = torch.Generator().manual_seed(seed)  # action noise and head pairs: resumable
+        self._fixed_alpha = None if algo.fixed_alpha is None else torch.tensor(float(algo.fixed_alpha), device=device)
+        self.policy_opt = make_adamw(parameter_groups(self.policy, algo.policy_lr, algo.encoder_lr), algo.policy_lr,
+                                     device)
+        self.critic_opt = make_adamw(parameter_groups(self.critic, algo.critic_lr, algo.encoder_lr), algo.critic_lr,
+                                     device)
+        self.alpha_opt = make_adamw([self.log_alpha], algo.alpha_lr, device)
+        self.generator = torch.Generator().manual_seed(seed)  # CPU: update noise and head pairs, resumable
         self.critic_steps = 0
 
     @property
     def alpha(self) -> Tensor:
-        if self.algo.fixed_alpha is not None:
-            return torch.tensor(self.algo.fixed_alpha, device=self.log_alpha.device)
-        return self.log_alpha.exp().detach()
+        return self._fixed_alpha if self._fixed_alpha is not None else self.log_alpha.exp().detach()
 
     def _history(self, batch: Batch) -> tuple:
         return batch.obs, batch.prev_obs, batch.prev_act, batch.prev_rew if self.policy.reward_as_input else None
 
-    def _sample(self, mean: Tensor, log_std: Tensor) -> tuple[Tensor, Tensor]:
-        gen = self.generator if mean.device.type == "cpu" else None
-        return sample_squashed(mean, log_std, gen)
+    # ---- randomness (host side) ------------------------------------------------------------------
+    def draw_noise(self, rows: int, length: int) -> UpdateNoise:
+        """The next update's random draws, on the CPU; a policy draw on every ``policy_delay``-th step."""
+        shape = (rows, length, self.act_dim)
+        target = torch.randn(shape, generator=self.generator)
+        head_pair = torch.randperm(self.critic.n_heads, generator=self.generator)[:2]
+        policy_due = (self.critic_steps + 1) % self.algo.policy_delay == 0
+        policy = torch.randn(shape, generator=self.generator) if policy_due else None
+        return UpdateNoise(target=target, head_pair=head_pair, policy=policy)
 
-    def critic_target_value(self, batch: Batch, policy_out: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    # ---- the update (device side, no host synchronisation) ---------------------------------------
+    def critic_target_value(self, batch: Batch, noise: UpdateNoise, policy_out: tuple[Tensor, Tensor] | None = None
+                            ) -> Tensor:
         """y_t = r_t + gamma * (1 - terminal_t) * (min of a random pair of target heads - alpha log pi) at t+1.
 
         ``policy_out`` (mean, log_std over the batch) is reused when the caller already ran the policy.
@@ -76,55 +131,64 @@ class RESeL(nn.Module):
             history = self._history(batch)
             if policy_out is None:
                 policy_out = self.policy(*history, batch.reset)[:2]
-            mean, log_std = (x.detach() for x in policy_out)
-            next_act, next_logp = self._sample(next_view(mean), next_view(log_std))
+            mean, log_std = (next_view(x.detach()) for x in policy_out)
+            next_act, next_logp = sample_squashed(mean, log_std, noise.target)
             context = next_view(self.critic_target.context(*history, batch.reset))
             q_next = self.critic_target.q(next_view(batch.obs), next_act, context)
-            pair = torch.randperm(q_next.shape[-1], generator=self.generator)[:2].to(q_next.device)
-            soft_value = q_next[..., pair].min(-1, keepdim=True).values - self.alpha * next_logp
+            soft_value = q_next.index_select(-1, noise.head_pair).amin(-1, keepdim=True) - self.alpha * next_logp
             return batch.rew + self.algo.gamma * (1.0 - batch.terminated) * soft_value
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch, noise: UpdateNoise) -> dict[str, Tensor]:
+        """One critic step (+ policy and alpha step when ``noise.policy`` is set); counts the step."""
+        metrics = self.compute_update(batch, noise)
+        self.critic_steps += 1
+        return metrics
+
+    def compute_update(self, batch: Batch, noise: UpdateNoise) -> dict[str, Tensor]:
+        """The update's tensor work alone (what a CUDA graph captures): no Python state changes."""
         history = self._history(batch)
-        policy_due = (self.critic_steps + 1) % self.algo.policy_delay == 0
         # the policy does not change during the critic step: one forward serves the target and the policy loss
-        policy_out = self.policy(*history, batch.reset)[:2] if policy_due else None
-        target = self.critic_target_value(batch, policy_out)
+        policy_out = self.policy(*history, batch.reset)[:2] if noise.policy is not None else None
+        target = self.critic_target_value(batch, noise, policy_out)
         q = self.critic.q(batch.obs, batch.act, self.critic.context(*history, batch.reset))
         critic_loss = masked_mean((q - target).pow(2).sum(-1, keepdim=True), batch.mask)
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
+        critic_grad_norm = _grad_norm(self.critic)
         self.critic_opt.step()
         self._polyak()
-        self.critic_steps += 1
-        q_mean = masked_mean(q.detach().mean(-1, keepdim=True), batch.mask)
-        metrics = {"critic_loss": critic_loss.item(), "q_mean": q_mean.item()}
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": masked_mean(q.detach().mean(-1, keepdim=True),
+                                                                              batch.mask),
+                   "critic_grad_norm": critic_grad_norm}
         if policy_out is not None:
-            metrics.update(self._policy_and_alpha_step(batch, policy_out))
+            metrics.update(self._policy_and_alpha_step(batch, policy_out, noise.policy))
         return metrics
 
-    def _policy_and_alpha_step(self, batch: Batch, policy_out: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+    def _policy_and_alpha_step(self, batch: Batch, policy_out: tuple[Tensor, Tensor], noise: Tensor
+                               ) -> dict[str, Tensor]:
         history = self._history(batch)
         with torch.no_grad():
             context = self.critic.context(*history, batch.reset)
-        mean, log_std = self.policy(*history, batch.reset)[:2] if policy_out is None else policy_out
-        act, logp = self._sample(mean, log_std)
+        mean, log_std = policy_out
+        act, logp = sample_squashed(mean, log_std, noise)
         self.critic.requires_grad_(False)  # gradients reach the action, not the critic's parameters
         q = self.critic.q(batch.obs, act, context).mean(-1, keepdim=True)
         self.critic.requires_grad_(True)
         policy_loss = masked_mean(self.alpha * logp - q, batch.mask)
         self.policy_opt.zero_grad(set_to_none=True)
         policy_loss.backward()
+        policy_grad_norm = _grad_norm(self.policy)
         self.policy_opt.step()
-        metrics = {"policy_loss": policy_loss.item(), "entropy": -masked_mean(logp.detach(), batch.mask).item()}
-        if self.algo.fixed_alpha is None:
+        metrics = {"policy_loss": policy_loss.detach(), "entropy": -masked_mean(logp.detach(), batch.mask),
+                   "policy_grad_norm": policy_grad_norm}
+        if self._fixed_alpha is None:
             alpha_loss = -masked_mean(self.log_alpha * (logp.detach() + self.target_entropy), batch.mask)
             self.alpha_opt.zero_grad(set_to_none=True)
             alpha_loss.backward()
             self.alpha_opt.step()
             with torch.no_grad():
                 self.log_alpha.clamp_(max=self.algo.max_log_alpha)
-        metrics["alpha"] = float(self.alpha)
+        metrics["alpha"] = self.alpha.clone()
         return metrics
 
     @torch.no_grad()
@@ -144,5 +208,13 @@ class RESeL(nn.Module):
         self.policy_opt.load_state_dict(state["policy_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.alpha_opt.load_state_dict(state["alpha_opt"])
+        for opt in (self.policy_opt, self.critic_opt, self.alpha_opt):  # a run may resume on another device
+            for group in opt.param_groups:
+                group["capturable"] = self.log_alpha.device.type == "cuda"
         self.generator.set_state(state["generator"])
         self.critic_steps = int(state["critic_steps"])
+
+
+def _grad_norm(net: nn.Module) -> Tensor:
+    """Global L2 norm of a network's gradients, on the device (for logging and the divergence guard)."""
+    return torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None]).detach()

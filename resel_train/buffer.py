@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Batch", "TrajectoryBuffer", "next_view"]
+__all__ = ["Batch", "TrajectoryBuffer", "next_view", "pad_rows_time"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -71,14 +71,29 @@ class Batch:
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
                         for f in fields(self)})
 
+    def pin_memory(self) -> Batch:
+        """A copy in page-locked host memory, so ``to(cuda, non_blocking=True)`` is a true async copy."""
+        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
+    def padded(self, rows: int, length: int) -> Batch:
+        """Zero-padded to ``(rows, length)``: extra slots are padding (mask 0, no reset), so every loss is unchanged.
+
+        Used to give the update a handful of static shapes (CUDA graphs replay one shape each).
+        """
+        R, L = self.reset.shape
+        if rows < R or length < L:
+            raise ValueError(f"cannot pad a ({R}, {L}) batch down to ({rows}, {length})")
+        return Batch(**{f.name: pad_rows_time(getattr(self, f.name), rows, length) for f in fields(self)})
+
     @property
     def num_transitions(self) -> int:
         return int(self.mask.sum().item())
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(rows, L)``."""
-        return tuple(self.reset.shape)  # type: ignore[return-value]
+
+def pad_rows_time(x: Tensor, rows: int, length: int) -> Tensor:
+    """Zero-pad a (rows, L, ...) tensor at the end of its first two axes."""
+    pad = [0, 0] * (x.dim() - 2) + [0, length - x.shape[1], 0, rows - x.shape[0]]
+    return torch.nn.functional.pad(x, pad)
 
 
 class TrajectoryBuffer:

@@ -64,6 +64,7 @@ class TrainConfig:
     replay_capacity: int = 1_000_000
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    cuda_graphs: bool = True  # on CUDA, replay the update as CUDA graphs (resel_train/graphed_update.py)
     out: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)

@@ -20,6 +20,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from resel_train.algo import RESeL
+from resel_train.graphed_update import GraphedUpdate
 from resel_train.buffer import TrajectoryBuffer
 from resel_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from resel_train.config import TrainConfig, config_from_dict, config_to_dict
@@ -37,6 +38,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
     return torch.device(name)
+
+
+def metrics_to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Device metrics to floats with one host synchronisation (at log time, not per update)."""
+    if not metrics:
+        return {}
+    values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()]).cpu().tolist()
+    return dict(zip(metrics, values))
 
 
 def run_dir_for(cfg: TrainConfig) -> Path:
@@ -82,13 +91,16 @@ class PolicyRunner:
 
     @torch.no_grad()
     def act(self, episode: EpisodeRecorder, deterministic: bool, generator: torch.Generator | None) -> np.ndarray:
+        """The next action in [-1, 1]; a stochastic one draws its noise on the CPU ``generator`` (any device)."""
         obs, prev_obs, prev_act, prev_rew = episode.policy_inputs(self.device)
         reset = torch.tensor([episode.is_first], device=self.device)
         mean, log_std, self.state = self.policy.step(
             obs, prev_obs, prev_act, prev_rew if self.policy.reward_as_input else None, reset, self.state
         )
-        action = torch.tanh(mean) if deterministic else sample_squashed(mean, log_std, generator)[0]
-        return action[0].cpu().numpy()
+        if deterministic:
+            return torch.tanh(mean)[0].cpu().numpy()
+        noise = torch.randn(mean.shape, generator=generator).to(self.device)
+        return sample_squashed(mean, log_std, noise)[0][0].cpu().numpy()
 
 
 class Trainer:
@@ -125,7 +137,8 @@ class Trainer:
         self.act_dim = int(np.prod(self.env.action_space.shape))
         self.low = self.env.action_space.low.astype(np.float32)
         self.high = self.env.action_space.high.astype(np.float32)
-        self.agent = RESeL(self.obs_dim, self.act_dim, info.reward_as_input, cfg.model, cfg.algo, cfg.seed).to(self.device)
+        self.agent = RESeL(self.obs_dim, self.act_dim, info.reward_as_input, cfg.model, cfg.algo, cfg.seed, self.device)
+        self.graphed_update = GraphedUpdate(self.agent) if self.uses_cuda_graphs else None
         self.buffer = TrajectoryBuffer(
             self.obs_dim, self.act_dim, cfg.replay_capacity, pad=cfg.model.d_conv - 1, seed=cfg.seed
         )
@@ -161,7 +174,7 @@ class Trainer:
         runner = PolicyRunner(self.agent.policy, self.device)
         obs, _ = self.env.reset(seed=cfg.seed + self.episodes)
         episode = EpisodeRecorder(obs.astype(np.float32), self.act_dim)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, torch.Tensor] = {}  # the latest value of each, read only when logged
         start_time, start_steps = time.perf_counter(), self.env_steps
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -177,7 +190,7 @@ class Trainer:
                     runner.reset()
                 if (self.env_steps > cfg.warmup_steps and self.buffer.num_trajectories
                         and self.env_steps % cfg.algo.update_every == 0):
-                    metrics = self.update_once()
+                    metrics.update(self.update_once())
                 evaluate = self.env_steps % cfg.eval_every == 0 or self.env_steps == cfg.steps
                 if evaluate:
                     self.last_eval = self.evaluate()
@@ -190,7 +203,7 @@ class Trainer:
                 progress.update(bar, completed=self.env_steps)
         self.save()
         logger.close()
-        return {"env_steps": self.env_steps, "eval_return": self.last_eval, **metrics}
+        return {"env_steps": self.env_steps, "eval_return": self.last_eval, **metrics_to_floats(metrics)}
 
     def _env_step(self, episode: EpisodeRecorder, runner: PolicyRunner) -> np.ndarray | None:
         """One environment step; returns the first observation of a new episode when one ended."""
@@ -209,9 +222,20 @@ class Trainer:
         obs, _ = self.env.reset(seed=self.cfg.seed + self.episodes)
         return np.asarray(obs, np.float32)
 
-    def update_once(self) -> dict[str, float]:
-        batch = self.buffer.sample(self.cfg.algo.batch_size).to(self.device)
-        return self.agent.update(batch)
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Graphs on CUDA unless switched off; the GRU's cuDNN layout needs a host sync, so it runs eagerly."""
+        return self.device.type == "cuda" and self.cfg.cuda_graphs and self.cfg.model.encoder != "gru"
+
+    def update_once(self) -> dict[str, torch.Tensor]:
+        """Sample, draw the update's noise on the host, run one update; metrics stay on the device."""
+        batch = self.buffer.sample(self.cfg.algo.batch_size)
+        noise = self.agent.draw_noise(*batch.reset.shape)
+        if self.graphed_update is not None:
+            return self.graphed_update(batch, noise)
+        if self.device.type == "cuda":  # pinned host memory: the copies overlap with queued GPU work
+            batch, noise = batch.pin_memory(), noise.pin_memory()
+        return self.agent.update(batch.to(self.device, non_blocking=True), noise.to(self.device, non_blocking=True))
 
     def evaluate(self, episodes: int | None = None) -> float:
         """Mean return of the deterministic policy from a zero state (held-out tasks where there are any)."""
@@ -236,14 +260,14 @@ class Trainer:
         evalr = f"{self.last_eval:.1f}" if self.last_eval is not None else "-"
         return f"{rate:.0f} steps/s  train {train}  eval {evalr}"
 
-    def _log(self, logger: RunLogger, metrics: dict[str, float], rate: float, start_time: float, evaluated: bool) -> None:
+    def _log(self, logger: RunLogger, metrics: dict[str, torch.Tensor], rate: float, start_time: float, evaluated: bool) -> None:
         logger.log({
             "step": self.env_steps, "wall_s": round(time.perf_counter() - start_time, 2), "steps_per_s": rate,
             "episodes": self.episodes,
             "train_return": float(np.mean(self.recent_returns)) if self.recent_returns else None,
             "eval_return": self.last_eval if evaluated else None,
             "eval_return_std": self.last_eval_std if evaluated else None,
-            **metrics,
+            **metrics_to_floats(metrics),
         })
 
     # ---- checkpoints -----------------------------------------------------------------------------

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from resel_train.algo import RESeL, parameter_groups
+from resel_train.algo import RESeL, UpdateNoise, parameter_groups
 from resel_train.buffer import TrajectoryBuffer
 from resel_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from resel_train.config import resolve_config
-from resel_train.trainer import Trainer
+from resel_train.trainer import Trainer, metrics_to_floats
 
 TINY = ["model.d_state=4", "model.d_conv=4", "model.embed=16", "model.hidden=16", "model.dt_rank=2",
         "algo.batch_size=64"]
@@ -31,19 +31,33 @@ def test_critic_target_by_hand(monkeypatch, terminated):
     """y_t = r_t + gamma (1 - term_t) (min over the drawn head pair of Q'(o_{t+1}) - alpha log pi)."""
     agent = tiny_agent(gamma=0.5, fixed_alpha=0.1)
     log_prob = 0.25
-    monkeypatch.setattr(agent, "_sample", lambda m, s: (torch.zeros_like(m), torch.full_like(m, log_prob)))
+    monkeypatch.setattr("resel_train.algo.sample_squashed",
+                        lambda m, s, noise: (torch.zeros_like(m), torch.full_like(m, log_prob)))
     heads = torch.arange(8, dtype=torch.float32) * 10.0  # head k: 10k + 2 * obs
     monkeypatch.setattr(agent.critic_target, "q", lambda obs, act, ctx: heads + 2.0 * obs)
-    pair = torch.randperm(8, generator=torch.Generator().manual_seed(0))[:2]  # agent.generator is seeded 0
     batch = one_trajectory_batch([1.0, 2.0, 3.0], terminated)
-    y = agent.critic_target_value(batch)[0, :3, 0]
-    low_head = float(heads[pair].min())
+    noise = UpdateNoise(target=torch.zeros(*batch.reset.shape, 1), head_pair=torch.tensor([5, 3]))
+    y = agent.critic_target_value(batch, noise)[0, :3, 0]
+    low_head = 30.0  # min(heads[5], heads[3])
     expected = []
     for t, r in enumerate([1.0, 2.0, 3.0]):
         next_obs = t + 1.0
         bootstrap = 0.0 if (terminated and t == 2) else 1.0
         expected.append(r + 0.5 * bootstrap * (low_head + 2.0 * next_obs - 0.1 * log_prob))
     torch.testing.assert_close(y, torch.tensor(expected))
+
+
+def test_update_noise_follows_the_policy_delay_and_the_generator():
+    agent = tiny_agent(policy_delay=2)
+    first = agent.draw_noise(3, 10)
+    assert first.target.shape == (3, 10, 1) and first.policy is None  # critic step 1 of 2
+    agent.critic_steps += 1
+    second = agent.draw_noise(3, 10)
+    assert second.policy is not None and second.policy.shape == (3, 10, 1)
+    pair = second.head_pair.tolist()
+    assert len(set(pair)) == 2 and all(0 <= k < 8 for k in pair)
+    replay = tiny_agent(policy_delay=2)
+    torch.testing.assert_close(replay.draw_noise(3, 10).target, first.target, rtol=0, atol=0)
 
 
 def test_optimiser_groups_split_encoder_from_the_rest():
@@ -64,7 +78,8 @@ def test_policy_loss_does_not_train_the_critic():
     agent = tiny_agent()
     batch = one_trajectory_batch([1.0] * 20, False)
     before = [p.detach().clone() for p in agent.critic.parameters()]
-    agent._policy_and_alpha_step(batch)
+    policy_out = agent.policy(*agent._history(batch), batch.reset)[:2]
+    agent._policy_and_alpha_step(batch, policy_out, torch.randn(policy_out[0].shape))
     assert all(torch.equal(a, b) for a, b in zip(before, agent.critic.parameters()))
     assert all(p.grad is None for p in agent.critic.parameters())
 
@@ -98,7 +113,7 @@ def test_resume_gives_exactly_the_same_next_update(tmp_path):
     resumed = Trainer(cfg, resume=True)
     assert resumed.env_steps == first.env_steps and resumed.buffer.num_trajectories == first.buffer.num_trajectories
     after_resume = resumed.update_once()
-    assert after_resume == uninterrupted
+    assert metrics_to_floats(after_resume) == metrics_to_floats(uninterrupted)
     for (name, a), b in zip(first.agent.state_dict().items(), resumed.agent.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -61,10 +61,13 @@ class Policy(nn.Module):
         return mean, log_std, state
 
 
-def sample_squashed(mean: Tensor, log_std: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Reparameterised tanh-Gaussian sample and its log-prob (summed over action dims, keepdim)."""
+def sample_squashed(mean: Tensor, log_std: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    """Reparameterised tanh-Gaussian sample and its log-prob (summed over action dims, keepdim).
+
+    ``noise`` is standard-normal of ``mean``'s shape, drawn by the caller (on the host, so a run's
+    random stream is the same on every device).
+    """
     std = log_std.exp()
-    noise = torch.randn(mean.shape, dtype=mean.dtype, device=mean.device, generator=generator)
     pre_tanh = mean + std * noise
     gaussian = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
     correction = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
