@@ -20,11 +20,11 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from resel_train.algo import RESeL
-from resel_train.graphed_update import GraphedUpdate
 from resel_train.buffer import TrajectoryBuffer
 from resel_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from resel_train.config import TrainConfig, config_from_dict, config_to_dict
 from resel_train.envs import make_env, task_info
+from resel_train.graphed_update import GraphedUpdate
 from resel_train.logger import RunLogger
 from resel_train.nets.policy import Policy, sample_squashed
 
@@ -260,7 +260,8 @@ class Trainer:
         evalr = f"{self.last_eval:.1f}" if self.last_eval is not None else "-"
         return f"{rate:.0f} steps/s  train {train}  eval {evalr}"
 
-    def _log(self, logger: RunLogger, metrics: dict[str, torch.Tensor], rate: float, start_time: float, evaluated: bool) -> None:
+    def _log(self, logger: RunLogger, metrics: dict[str, torch.Tensor], rate: float, start_time: float,
+             evaluated: bool) -> None:
         logger.log({
             "step": self.env_steps, "wall_s": round(time.perf_counter() - start_time, 2), "steps_per_s": rate,
             "episodes": self.episodes,
