@@ -71,11 +71,12 @@ class Format(str, Enum):
     trt = "trt"
 
 
-def _rollout(model: Path, env: str | None, episodes: int, backend: str, seed: int, stochastic: bool) -> None:
+def _rollout(model: Path, env: str | None, episodes: int, backend: str, seed: int, stochastic: bool,
+             device: str | None = None) -> None:
     from resel_deploy.rollout import run_rollouts
 
     try:
-        report = run_rollouts(model, env, episodes, backend=backend, seed=seed, stochastic=stochastic)
+        report = run_rollouts(model, env, episodes, backend=backend, seed=seed, stochastic=stochastic, device=device)
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
         _fail(exc)
     console.print(report.table())
@@ -87,9 +88,10 @@ def evaluate(
     env: Annotated[Optional[str], typer.Option(help="Task id (default: the checkpoint's task).")] = None,
     episodes: Annotated[int, typer.Option(help="Episodes to run.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the environment.")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="cpu (default) or cuda: where the policy runs.")] = None,
 ) -> None:
     """Evaluate the deterministic policy of a checkpoint (torch backend, held-out tasks) and print returns."""
-    _rollout(checkpoint, env, episodes, "torch", seed, stochastic=False)
+    _rollout(checkpoint, env, episodes, "torch", seed, stochastic=False, device=device)
 
 
 @app.command()
@@ -100,9 +102,10 @@ def rollout(
     backend: Annotated[Backend, typer.Option(help="Inference backend.")] = Backend.onnxruntime,
     seed: Annotated[int, typer.Option(help="Seed of the environment.")] = 0,
     stochastic: Annotated[bool, typer.Option(help="Sample actions instead of tanh(mean).")] = False,
+    device: Annotated[Optional[str], typer.Option(help="torch backend only: cpu (default) or cuda.")] = None,
 ) -> None:
     """Run episodes with the constant-time controller; report returns and per-step latency percentiles."""
-    _rollout(model, env, episodes, backend.value, seed, stochastic)
+    _rollout(model, env, episodes, backend.value, seed, stochastic, device)
 
 
 @app.command()

@@ -89,6 +89,7 @@ def run_rollouts(
     record: bool = False,
     env=None,
     flush_denormals: bool = True,
+    device: str | None = None,
 ) -> RolloutReport:
     """Run ``episodes`` episodes of ``env_id`` with a controller and time every controller step.
 
@@ -102,11 +103,12 @@ def run_rollouts(
     input, episode-start flag and action in the report. ``env``: use this Gymnasium env instead.
     ``flush_denormals``: passed to :meth:`Controller.load` (it sets FTZ/DAZ on the calling thread;
     pass False when calling from a training process that should keep its float environment).
+    ``device``: for the torch backend, where the policy runs ("cpu" by default, or "cuda").
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1; got {episodes}")
     ctrl = model if isinstance(model, Controller) else Controller.load(
-        model, backend=backend, stochastic=stochastic, seed=seed, flush_denormals=flush_denormals
+        model, backend=backend, stochastic=stochastic, seed=seed, flush_denormals=flush_denormals, device=device
     )
     if ctrl.batch != 1:
         raise ValueError("run_rollouts needs a controller with batch=1")
