@@ -116,6 +116,7 @@ class TrajectoryBuffer:
         self.pad = int(pad)
         self.max_trajectories = int(max_trajectories)
         self._rng = np.random.Generator(np.random.PCG64(seed))
+        self.version = 0  # counts changes of the stored data (a prefetched sample is valid while it holds)
         self._allocate()
 
     # ------------------------------------------------------------------ storage
@@ -141,6 +142,15 @@ class TrajectoryBuffer:
     @property
     def num_trajectories(self) -> int:
         return self._n_traj
+
+    @property
+    def rng_state(self) -> dict:
+        """The sampling generator's state (to redraw a sample with the same random stream)."""
+        return self._rng.bit_generator.state
+
+    @rng_state.setter
+    def rng_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
 
     @property
     def num_slots(self) -> int:
@@ -210,6 +220,7 @@ class TrajectoryBuffer:
         self._n_traj += 1
         self._n_trans += T
         self._write = (start + T + 1) % S
+        self.version += 1
 
     @staticmethod
     def _check_array(name: str, x) -> np.ndarray:
@@ -381,6 +392,7 @@ class TrajectoryBuffer:
         self._traj_start[:n] = np.cumsum(lens + 1) - (lens + 1)
         self._n_traj, self._n_trans = n, int(lens.sum())
         self._write = n_slots % self._num_slots
+        self.version += 1
         if "rng_state" in d:
             r = [int(v) for v in np.asarray(d["rng_state"], np.uint64).tolist()]
             self._rng.bit_generator.state = {

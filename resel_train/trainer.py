@@ -20,7 +20,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from resel_train.algo import RESeL
-from resel_train.buffer import TrajectoryBuffer
+from resel_train.buffer import Batch, TrajectoryBuffer
 from resel_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from resel_train.config import TrainConfig, config_from_dict, config_to_dict
 from resel_train.envs import make_env, task_info
@@ -103,6 +103,43 @@ class PolicyRunner:
         return sample_squashed(mean, log_std, noise)[0][0].cpu().numpy()
 
 
+class Prefetch:
+    """The next update's batch, sampled early (while the GPU runs the current update) without changing any sample.
+
+    A prefetched batch is used only if the replay has not changed since it was drawn; otherwise the
+    replay's generator is rewound and the batch redrawn from the new contents. Either way update k
+    gets ``sample(replay after env step k, generator state after update k - 1)``, exactly what
+    sampling on the spot would give, and a checkpoint stores the rewound generator state.
+    """
+
+    def __init__(self) -> None:
+        self._batch: Batch | None = None
+        self._rng_state: dict | None = None
+        self._version = -1
+
+    def draw(self, buffer: TrajectoryBuffer, batch_size: int) -> None:
+        self._rng_state, self._version = buffer.rng_state, buffer.version
+        self._batch = buffer.sample(batch_size)
+
+    def take(self, buffer: TrajectoryBuffer, batch_size: int) -> Batch:
+        batch, self._batch = self._batch, None
+        if batch is not None and self._version == buffer.version:
+            return batch
+        if batch is not None:
+            buffer.rng_state = self._rng_state
+        return buffer.sample(batch_size)
+
+    def replay_state(self, buffer: TrajectoryBuffer) -> dict:
+        """``buffer.state_dict()`` as if nothing had been prefetched (what a resumed run must start from)."""
+        if self._batch is None:
+            return buffer.state_dict()
+        now, buffer.rng_state = buffer.rng_state, self._rng_state
+        try:
+            return buffer.state_dict()
+        finally:
+            buffer.rng_state = now
+
+
 class Trainer:
     """Owns the env, the agent, the replay and the run folder for one training run."""
 
@@ -139,6 +176,7 @@ class Trainer:
         self.high = self.env.action_space.high.astype(np.float32)
         self.agent = RESeL(self.obs_dim, self.act_dim, info.reward_as_input, cfg.model, cfg.algo, cfg.seed, self.device)
         self.graphed_update = GraphedUpdate(self.agent) if self.uses_cuda_graphs else None
+        self.prefetch = Prefetch()
         self.buffer = TrajectoryBuffer(
             self.obs_dim, self.act_dim, cfg.replay_capacity, pad=cfg.model.d_conv - 1, seed=cfg.seed
         )
@@ -228,14 +266,22 @@ class Trainer:
         return self.device.type == "cuda" and self.cfg.cuda_graphs and self.cfg.model.encoder != "gru"
 
     def update_once(self) -> dict[str, torch.Tensor]:
-        """Sample, draw the update's noise on the host, run one update; metrics stay on the device."""
-        batch = self.buffer.sample(self.cfg.algo.batch_size)
+        """Sample, draw the update's noise on the host, launch one update; metrics stay on the device.
+
+        The update runs asynchronously on a GPU, so the next batch is sampled right after the launch,
+        while the GPU works (see :class:`Prefetch`).
+        """
+        batch = self.prefetch.take(self.buffer, self.cfg.algo.batch_size)
         noise = self.agent.draw_noise(*batch.reset.shape)
         if self.graphed_update is not None:
-            return self.graphed_update(batch, noise)
-        if self.device.type == "cuda":  # pinned host memory: the copies overlap with queued GPU work
-            batch, noise = batch.pin_memory(), noise.pin_memory()
-        return self.agent.update(batch.to(self.device, non_blocking=True), noise.to(self.device, non_blocking=True))
+            metrics = self.graphed_update(batch, noise)
+        else:
+            if self.device.type == "cuda":  # pinned host memory: the copies overlap with queued GPU work
+                batch, noise = batch.pin_memory(), noise.pin_memory()
+            metrics = self.agent.update(batch.to(self.device, non_blocking=True),
+                                        noise.to(self.device, non_blocking=True))
+        self.prefetch.draw(self.buffer, self.cfg.algo.batch_size)
+        return metrics
 
     def evaluate(self, episodes: int | None = None) -> float:
         """Mean return of the deterministic policy from a zero state (held-out tasks where there are any)."""
@@ -274,7 +320,8 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------------------
     def save(self) -> Path:
         """Replay first, then the checkpoint that names its step: a crash between leaves the old pair usable."""
-        replay = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in self.buffer.state_dict().items()}
+        replay = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+                  for k, v in self.prefetch.replay_state(self.buffer).items()}
         save_checkpoint(self.run_dir / REPLAY, {"replay": replay, "env_steps": self.env_steps})
         save_checkpoint(self.run_dir / CHECKPOINT, {
             "model": self.model_spec(),

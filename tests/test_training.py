@@ -163,3 +163,27 @@ def test_config_presets_files_and_overrides(tmp_path):
         resolve_config("Pendulum-V", overrides=["algo.lr=1"])
     with pytest.raises(ValueError, match="Unknown task id"):
         resolve_config("Walker3d")
+
+
+def test_prefetched_batches_equal_sampling_on_the_spot():
+    """Prefetching (kept, or redrawn after the replay changed) gives the batches on-the-spot sampling gives."""
+    from resel_train.trainer import Prefetch
+
+    rng = np.random.default_rng(0)
+    lengths = (5, 9, 14, 7, 3, 11, 6, 8, 4, 12, 10, 13)
+    trajectories = [(rng.normal(size=(n + 1, 2)), rng.normal(size=(n, 1)), rng.normal(size=n)) for n in lengths]
+    spot, ahead = TrajectoryBuffer(2, 1, pad=3, seed=1), TrajectoryBuffer(2, 1, pad=3, seed=1)
+    for buf in (spot, ahead):
+        for obs, act, rew in trajectories[4:]:  # batches of 12 transitions draw a random subset of these
+            buf.add_trajectory(obs, act, rew, False)
+    prefetch = Prefetch()
+    for step in range(6):
+        if step in (2, 3):  # an episode ends between the prefetch and its use
+            for buf in (spot, ahead):
+                buf.add_trajectory(*trajectories[step], False)
+        expected = spot.sample(12)
+        got = prefetch.take(ahead, 12)
+        assert all(torch.equal(getattr(expected, k), getattr(got, k)) for k in ("obs", "act", "reset", "mask")), step
+        prefetch.draw(ahead, 12)
+        saved = prefetch.replay_state(ahead)["rng_state"]
+        assert np.array_equal(saved, spot.state_dict()["rng_state"])  # a checkpoint holds the on-the-spot state
