@@ -8,7 +8,8 @@ times, forward + backward, with a reset at the start of every row and at a few r
 - ``scan/loop``      the same call on the autograd reference loop (``impl="loop"``);
 - ``mamba/parallel`` and ``mamba/loop``: the paper-size encoder ``make_encoder("mamba", 384, 128, 256)``
   (d_state 64, d_conv 8, expand 2 -> d_inner 512, dt_rank 16) on either scan;
-- ``gru`` and ``mlp``: ``make_encoder("gru" / "mlp", 384)``.
+- ``gru`` and ``mlp``: ``make_encoder("gru" / "mlp", 384)`` (the GRU: one ``nn.GRU`` call over the batch
+  laid out one trajectory segment per row).
 
 Each time is compared with a floor for this machine, from rates measured here (matmul FLOP/s,
 element-wise elements/s for exp / mul / addcmul on in-cache tensors, copy bandwidth); the op counts
@@ -22,6 +23,7 @@ case (2 cores: above ~2 other processes were competing for them).
     python benchmarks/encoder.py --threads 2 1   # also 1 thread
     python benchmarks/encoder.py --quick         # L in {64, 1024}, fewer repetitions (~1 min)
     python benchmarks/encoder.py --profile       # + torch.profiler top ops of the Mamba encoder at L=1024
+    python benchmarks/encoder.py --lengths 1000 --traj-len 125   # rows packed with ~125-step trajectories
 
 Writes ``benchmarks/results/encoder.json`` after every case (``--out`` to change; ``--no-save`` to
 skip; ``--merge`` keeps the file's rows for (threads, L, case) not re-measured). On a shared machine
@@ -203,10 +205,19 @@ def floor_seconds(work: dict, rates: dict) -> float:
 # ------------------------------------------------------------------------------------------ inputs
 
 
-def make_resets(batch: int, length: int, seed: int = 0) -> torch.Tensor:
-    """A packed batch: a reset at every row start and at random positions (p = RESET_PROB)."""
+def make_resets(batch: int, length: int, seed: int = 0, traj_len: int | None = None) -> torch.Tensor:
+    """A packed batch: a reset at every row start and at random positions (p = RESET_PROB), or with
+    ``traj_len`` trajectories of uniformly random length in [traj_len / 2, 3 traj_len / 2] (the last
+    one of a row cut at the row end), as the replay buffer packs short episodes."""
     g = torch.Generator().manual_seed(seed)
-    reset = torch.rand(batch, length, generator=g) < RESET_PROB
+    if traj_len is None:
+        reset = torch.rand(batch, length, generator=g) < RESET_PROB
+    else:
+        reset = torch.zeros(batch, length, dtype=torch.bool)
+        lengths = torch.randint(traj_len // 2, traj_len + traj_len // 2 + 1, (batch, length), generator=g)
+        for row in range(batch):
+            starts = torch.cumsum(lengths[row], 0) - lengths[row, 0]
+            reset[row, starts[starts < length]] = True
     reset[:, 0] = True
     return reset
 
@@ -227,9 +238,9 @@ def scan_inputs(batch: int, length: int, seed: int = 0) -> dict:
 # ------------------------------------------------------------------------------------------ cases
 
 
-def scan_case(impl: str, batch: int, length: int):
+def scan_case(impl: str, batch: int, length: int, traj_len: int | None = None):
     leaves = {k: v.requires_grad_() for k, v in scan_inputs(batch, length).items()}
-    reset = make_resets(batch, length)
+    reset = make_resets(batch, length, traj_len=traj_len)
     # Upstream gradient laid out as in the encoder, where y reaches out_proj through y.transpose(1, 2):
     # (batch, d_inner, L) with d_inner fastest in memory. (y.sum() would hand the scan a stride-0
     # gradient, which hides layout costs the real backward pays.)
@@ -248,12 +259,12 @@ def scan_case(impl: str, batch: int, length: int):
     return step, scan_work(batch, length)
 
 
-def encoder_case(kind: str, impl: str | None, batch: int, length: int):
+def encoder_case(kind: str, impl: str | None, batch: int, length: int, traj_len: int | None = None):
     kwargs = {"scan_impl": impl} if kind == "mamba" else {}
     torch.manual_seed(0)
     enc = make_encoder(kind, IN_DIM, OUT_DIM, HIDDEN, **kwargs)
     x = torch.randn(batch, length, IN_DIM, requires_grad=True)  # the pre-encoders need grad_x
-    reset = make_resets(batch, length)
+    reset = make_resets(batch, length, traj_len=traj_len)
 
     def step():
         enc.zero_grad(set_to_none=True)
@@ -277,14 +288,15 @@ def repetitions(name: str, length: int, quick: bool) -> tuple[int, int]:
 CASES = ("scan/parallel", "scan/loop", "mamba/parallel", "mamba/loop", "gru", "mlp")
 
 
-def build(name: str, batch: int, length: int):
+def build(name: str, batch: int, length: int, traj_len: int | None = None):
     if name.startswith("scan/"):
-        return scan_case(name.split("/")[1], batch, length)
+        return scan_case(name.split("/")[1], batch, length, traj_len)
     kind, _, impl = name.partition("/")
-    return encoder_case(kind, impl or None, batch, length)
+    return encoder_case(kind, impl or None, batch, length, traj_len)
 
 
-def run_all(lengths, cases, threads: int, quick: bool, rates: dict, log, on_row=None) -> list[dict]:
+def run_all(lengths, cases, threads: int, quick: bool, rates: dict, log, on_row=None,
+            traj_len: int | None = None) -> list[dict]:
     """Per L: the autograd loops one after the other (seconds each), then the other cases round-robin,
     one repetition of each in turn, so that load changes on a shared machine hit them all alike."""
     rows = []
@@ -295,7 +307,7 @@ def run_all(lengths, cases, threads: int, quick: bool, rates: dict, log, on_row=
         for group in groups:
             if not group:
                 continue
-            built = {name: build(name, batch, length) for name in group}
+            built = {name: build(name, batch, length, traj_len) for name in group}
             plan = {name: repetitions(name, length, quick) for name in group}
             times = {name: [] for name in group}
             cpu = {name: [] for name in group}
@@ -314,7 +326,7 @@ def run_all(lengths, cases, threads: int, quick: bool, rates: dict, log, on_row=
                 med = statistics.median(t)
                 floor = floor_seconds(work, rates)
                 rows.append({
-                    "case": name, "threads": threads, "L": length, "batch": batch,
+                    "case": name, "threads": threads, "L": length, "batch": batch, "traj_len": traj_len,
                     "transitions": batch * length, "reps": len(t), "times_s": t, "median_s": med,
                     "min_s": min(t), "max_s": max(t), "cpu_s": cpu[name],
                     "cpu_median_s": statistics.median(cpu[name]),
@@ -354,13 +366,14 @@ def print_tables(rows: list[dict], rates_by_threads: dict) -> None:
         from rich.table import Table
     except ImportError:  # plain text fallback
         Console = None
-    rows = sorted(rows, key=lambda r: (r["threads"], r["L"], CASES.index(r["case"])))
-    headers = ["thr", "L", "batch", "case", "reps", "median ms", "min-max ms", "noise %", "cpu ms", "us/trans",
+    rows = sorted(rows, key=lambda r: (r["threads"], r["L"], r.get("traj_len") or 0, CASES.index(r["case"])))
+    headers = ["thr", "L", "batch", "traj", "case", "reps", "median ms", "min-max ms", "noise %", "cpu ms", "us/trans",
                "floor ms", "x floor", "x floor (min)", "load"]
     body = []
     for r in rows:
         noise = 100 * (r["max_s"] - r["min_s"]) / r["median_s"]
-        body.append([str(r["threads"]), str(r["L"]), str(r["batch"]), r["case"], str(r["reps"]),
+        body.append([str(r["threads"]), str(r["L"]), str(r["batch"]), str(r.get("traj_len") or "-"), r["case"],
+                     str(r["reps"]),
                      f"{1e3 * r['median_s']:.1f}", f"{1e3 * r['min_s']:.0f}-{1e3 * r['max_s']:.0f}",
                      f"{noise:.0f}", f"{1e3 * r['cpu_median_s']:.0f}", f"{r['us_per_transition']:.1f}",
                      f"{1e3 * r['floor_s']:.1f}",
@@ -399,13 +412,14 @@ def print_tables(rows: list[dict], rates_by_threads: dict) -> None:
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    by_key = {(r["threads"], r["L"], r["case"]): r["median_s"] for r in rows}
+    by_key = {(r["threads"], r["L"], r.get("traj_len"), r["case"]): r["median_s"] for r in rows}
     out = []
-    for t, length in sorted({(r["threads"], r["L"]) for r in rows}):
-        m, g, p = (by_key.get((t, length, c)) for c in ("mamba/parallel", "gru", "mlp"))
+    for t, length, traj in sorted({(r["threads"], r["L"], r.get("traj_len")) for r in rows},
+                                  key=lambda k: (k[0], k[1], k[2] or 0)):
+        m, g, p = (by_key.get((t, length, traj, c)) for c in ("mamba/parallel", "gru", "mlp"))
         if m is None:
             continue
-        out.append({"threads": t, "L": length, "mamba_s": m, "gru_s": g, "mlp_s": p,
+        out.append({"threads": t, "L": length, "traj_len": traj, "mamba_s": m, "gru_s": g, "mlp_s": p,
                     "mamba_over_gru": m / g if g else None, "mamba_over_mlp": m / p if p else None})
     return out
 
@@ -434,6 +448,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[2], help="torch thread counts (default 2)")
     parser.add_argument("--lengths", type=int, nargs="+", default=None)
     parser.add_argument("--cases", nargs="+", default=None, choices=CASES)
+    parser.add_argument("--traj-len", type=int, default=None,
+                        help="pack trajectories of ~N steps (uniform N/2..3N/2) instead of resets with p=1/500")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler top ops (Mamba, L=1024)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "encoder.json"))
     parser.add_argument("--merge", action="store_true",
@@ -448,8 +464,8 @@ def main(argv=None) -> None:
     rows, rates_by_threads, commands = [], {}, [command]
     if args.merge and out.exists():
         old = json.loads(out.read_text())
-        measured = {(t, n, c) for t in args.threads for n in lengths for c in cases}
-        rows = [r for r in old["rows"] if (r["threads"], r["L"], r["case"]) not in measured]
+        measured = {(t, n, c, args.traj_len) for t in args.threads for n in lengths for c in cases}
+        rows = [r for r in old["rows"] if (r["threads"], r["L"], r["case"], r.get("traj_len")) not in measured]
         rates_by_threads = {int(k): v for k, v in old["rates"].items() if int(k) not in args.threads}
         commands = old.get("commands", [old.get("command")]) + commands
 
@@ -472,7 +488,7 @@ def main(argv=None) -> None:
         log(f"threads={threads}: measuring rates ...")
         rates_by_threads[threads] = measure_rates(args.quick)
         run_all(lengths, cases, threads, args.quick, rates_by_threads[threads], log,
-                on_row=lambda row: (rows.append(row), save()))
+                on_row=lambda row: (rows.append(row), save()), traj_len=args.traj_len)
     profile_text = None
     if args.profile:
         torch.set_num_threads(args.threads[0])

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resel_train.nets.mamba import MambaBlock
+from resel_train.nets.segments import segment_layout
 
 State = tuple[Tensor, ...]
 ENCODER_KINDS = ("mamba", "gru", "mlp")
@@ -97,11 +98,13 @@ class MambaEncoder(ContextEncoder):
 
 
 class GRUEncoder(ContextEncoder):
-    """The paper's GRU ablation: input projections for the whole sequence at once, then a step loop."""
+    """The paper's GRU ablation. The sequence form runs ``nn.GRU`` (cuDNN on GPU, the fused CPU kernel
+    otherwise) once over the batch laid out one trajectory segment per row, since ``nn.GRU`` cannot
+    take resets; ``step`` applies the same maths to the same weights, one step at a time."""
 
     def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256) -> None:
         super().__init__(in_dim, out_dim, hidden)
-        self.cell = nn.GRUCell(hidden, hidden)
+        self.gru = nn.GRU(hidden, hidden, num_layers=1, batch_first=True)
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
         return (torch.zeros(batch, self.hidden, device=device, dtype=dtype),)
@@ -109,28 +112,31 @@ class GRUEncoder(ContextEncoder):
     def state_names(self) -> list[str]:
         return ["gru"]
 
-    def _gates(self, gi: Tensor, h: Tensor) -> Tensor:
-        gh = F.linear(h, self.cell.weight_hh, self.cell.bias_hh)
-        i_r, i_z, i_n = gi.chunk(3, dim=-1)
-        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints from before the nn.GRU core stored the same tensors under a GRUCell's names
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            if f"{prefix}cell.{name}" in state_dict:
+                state_dict[f"{prefix}gru.{name}_l0"] = state_dict.pop(f"{prefix}cell.{name}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _core(self, h_in, resets, state):
+        layout = segment_layout(resets)
+        h0 = layout.initial(state[0], ~resets[:, 0].to(torch.bool))
+        y, _ = self.gru(layout.pack(h_in), h0[None])
+        y = layout.unpack(y)
+        # nn.GRU's own final state would include the padding after short segments; the contract is
+        # the state after the row's last step, which is that step's output
+        return y, (y[:, -1],)
+
+    def _core_step(self, h_in, reset, state):
+        g = self.gru
+        h = state[0] * (1.0 - reset.to(h_in.dtype))[:, None]
+        i_r, i_z, i_n = F.linear(h_in, g.weight_ih_l0, g.bias_ih_l0).chunk(3, dim=-1)
+        h_r, h_z, h_n = F.linear(h, g.weight_hh_l0, g.bias_hh_l0).chunk(3, dim=-1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(i_n + r * h_n)
-        return (1.0 - z) * n + z * h
-
-    def _core(self, h_in, resets, state):
-        gi = F.linear(h_in, self.cell.weight_ih, self.cell.bias_ih)  # (b, L, 3*hidden)
-        keep = 1.0 - resets.to(h_in.dtype)
-        h = state[0]
-        outputs = []
-        for t in range(h_in.shape[1]):
-            h = self._gates(gi[:, t], h * keep[:, t, None])
-            outputs.append(h)
-        return torch.stack(outputs, dim=1), (h,)
-
-    def _core_step(self, h_in, reset, state):
-        h = state[0] * (1.0 - reset.to(h_in.dtype))[:, None]
-        h = self._gates(F.linear(h_in, self.cell.weight_ih, self.cell.bias_ih), h)
+        h = (1.0 - z) * n + z * h
         return h, (h,)
 
 
