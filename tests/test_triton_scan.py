@@ -11,7 +11,8 @@ before ``triton`` itself is imported:
 - triton already imported without it (another test module imported it first): the in-process
   tests are skipped and ``test_in_interpreter_subprocess`` runs this file in a fresh interpreter
   with TRITON_INTERPRET=1.
-Sizes are small on purpose: the interpreter costs milliseconds per program per time step.
+Sizes are small on purpose: the interpreter runs ``tl.associative_scan`` with a user combine
+function element by element (~50 us per element of a (BLOCK_D, d_state, chunk) tile).
 """
 
 import os
@@ -104,9 +105,11 @@ def assert_matches(got, ref, rtol, atol):
 
 @in_process
 def test_dispatch_float64_all_features():
-    """selective_scan(impl="triton"): resets at t=0, consecutive, on a chunk boundary and at the
-    last step; initial state; bias + softplus, D, z; L=37 / d_state=6 (default chunk 16)."""
+    """selective_scan(impl="triton"): resets at t=0, consecutive and at the last step; initial
+    state; bias + softplus, D, z; L=37 / d_state=6 in one chunk (the default) of a 64-step tile
+    with 27 masked steps. Multi-chunk paths are covered below with explicit chunks."""
     inputs, reset = make_inputs()
+    assert ts.default_chunk(37, 6) == 64
     inputs["delta"][0, :, 5] = 25.0  # softplus above its threshold (identity) ...
     inputs["delta"][1, :, 7] = -30.0  # ... and far below it (log1p(exp(x)) without cancellation)
     assert_matches(run(inputs, reset), run(inputs, reset, impl="loop"), rtol=1e-10, atol=1e-10)
@@ -132,8 +135,9 @@ def test_optional_inputs_float64(drop, softplus, with_reset):
 
 @in_process
 def test_several_channel_blocks_and_chunks():
-    """d_inner=5 split into blocks of 2 (a partial last block): B/C gradients are sums of
-    per-block partials; 3-step chunks with a partial last chunk (L=11)."""
+    """d_inner=5 split into blocks of 2 (a partial last block): B/C gradients are atomic sums over
+    three programs; 3-step chunks (a 4-step tile with one masked step) and a partial last chunk
+    of 2 steps (L=11)."""
     inputs, reset = make_inputs(batch=2, length=11, seed=2)
     reset[1, 3] = True  # chunk boundary
     ref = run(inputs, reset, impl="loop")
@@ -299,28 +303,40 @@ assert not ts._interpreted()
 FLAGS = ("HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS", "HAS_RESET", "HAS_H0", "HAS_GLAST", "STORE_CKPT")
 IO_PTRS = ("u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr", "D_ptr", "z_ptr", "bias_ptr", "h0_ptr", "y_ptr",
            "gy_ptr", "du_ptr", "ddelta_ptr", "dz_ptr")
-for kernel in (ts._scan_fwd_kernel, ts._scan_bwd_kernel):
-    for io, on, (bd, bn, chunk) in (("fp32", True, (2, 64, 32)), ("bf16", False, (4, 16, 24))):
-        consts = {n: on for n in FLAGS if n in kernel.arg_names}
-        consts.update(CHUNK=chunk, T_TILE=ts._next_pow2(chunk), BLOCK_D=bd, BLOCK_N=bn)
-        sig = {}
-        for name in kernel.arg_names:
-            if name in consts:
-                sig[name] = "constexpr"
-            elif name.endswith("_ptr"):
-                sig[name] = "*" + (io if name in IO_PTRS else "fp32")
-            else:
-                sig[name] = "i32"
-        k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                           options=dict(num_warps=4))
-        assert k.asm["cubin"], "no cubin"
+
+def build(kernel, io, on, bd, bn, chunk, num_warps):
+    consts = {n: on for n in FLAGS if n in kernel.arg_names}
+    consts.update(CHUNK=chunk, T_TILE=ts._next_pow2(chunk), BLOCK_D=bd, BLOCK_N=bn)
+    sig = {}
+    for name in kernel.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + (io if name in IO_PTRS else "fp32")
+        else:
+            sig[name] = "i32"
+    k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=num_warps))
+    assert k.asm["cubin"], "no cubin"
+
+
+# every autotune candidate at the paper's size (d_inner 512, d_state 64, L 1000), fp32, all features
+chunk = ts.default_chunk(1000, 64)
+for kind, kernel in (("fwd", ts._scan_fwd_kernel), ("bwd", ts._scan_bwd_kernel)):
+    configs = ts._pruner(kind)(ts._CONFIGS, {"d_inner": 512}, BLOCK_N=64, T_TILE=ts._next_pow2(chunk))
+    assert len(configs) > 1, (kind, configs)
+    for cfg in configs:
+        build(kernel, "fp32", True, cfg.kwargs["BLOCK_D"], 64, chunk, cfg.num_warps)
+    # bf16 inputs, no optional features, a chunk that is not a power of two
+    build(kernel, "bf16", False, 4, 16, 24, 4)
 print("ok")
 """
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the kernels are compiled and run by the tests above")
 def test_kernels_compile_for_sm90_without_a_gpu():
-    """The interpreter does not type-check like the compiler does: build both kernels ahead of time
+    """The interpreter does not type-check like the compiler does: build both kernels (every
+    autotune candidate at the paper's size, and a bf16 variant) ahead of time
     for sm_90 (TTIR -> PTX -> cubin with triton's bundled ptxas), no GPU needed, no launch."""
     if "nvidia" not in getattr(triton.backends, "backends", {}):
         pytest.skip("this triton build has no NVIDIA backend")
