@@ -11,7 +11,8 @@ before ``triton`` itself is imported:
 - triton already imported without it (another test module imported it first): the in-process
   tests are skipped and ``test_in_interpreter_subprocess`` runs this file in a fresh interpreter
   with TRITON_INTERPRET=1.
-Sizes are small on purpose: the interpreter costs milliseconds per program per time step.
+Sizes are small on purpose: the interpreter runs ``tl.associative_scan`` with a user combine
+function element by element (~50 us per element of a (BLOCK_D, d_state, chunk) tile).
 """
 
 import os
@@ -43,7 +44,10 @@ in_process = pytest.mark.skipif(
 
 def make_inputs(batch=3, d_inner=5, d_state=6, length=37, dtype=torch.float64, seed=0, resets="mixed"):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
     inputs = {
         "u": r(batch, d_inner, length), "delta": r(batch, d_inner, length) * 0.5,
         "A": -torch.rand(d_inner, d_state, generator=g, dtype=dtype) * 3 - 0.1,
@@ -62,8 +66,10 @@ def make_inputs(batch=3, d_inner=5, d_state=6, length=37, dtype=torch.float64, s
     return {k: v.to(DEVICE) for k, v in inputs.items()}, reset.to(DEVICE)
 
 
-def run(inputs, reset, impl="triton", softplus=True, drop=(), grad_seed=1, **kw):
-    """y, last state and all gradients of a random linear loss on both outputs."""
+def run(inputs, reset, impl="triton", softplus=True, drop=(), grad_seed=1, weights_in=None, **kw):
+    """y, last state and all gradients of a random linear loss on both outputs. The loss weights
+    are drawn in float64 and rounded through ``weights_in`` (when given), so runs in different
+    dtypes see the same weights."""
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if k not in drop}
     args = {"D": None, "z": None, "delta_bias": None, "initial_state": None}
     args.update({k: v for k, v in leaves.items() if k in args})
@@ -76,8 +82,13 @@ def run(inputs, reset, impl="triton", softplus=True, drop=(), grad_seed=1, **kw)
         y, last = selective_scan(*core, **args, delta_softplus=softplus, reset=reset, return_last_state=True,
                                  impl=impl)
     g = torch.Generator().manual_seed(grad_seed)
-    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
-    loss = loss + (last * torch.randn(last.shape, generator=g, dtype=last.dtype)).sum()
+
+    def weights(like):
+        w = torch.randn(like.shape, generator=g, dtype=torch.float64)
+        return (w if weights_in is None else w.to(weights_in)).to(like.dtype).to(like.device)
+
+    loss = (y * weights(y)).sum()
+    loss = loss + (last * weights(last)).sum()
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return y.detach(), last.detach(), dict(zip(leaves, grads))
 
@@ -94,10 +105,11 @@ def assert_matches(got, ref, rtol, atol):
 
 @in_process
 def test_dispatch_float64_all_features():
-    """selective_scan(impl="triton"): resets at t=0, consecutive, on a chunk boundary and at the
-    last step; initial state; bias + softplus, D, z; L=37 / d_state=6 (default chunk 16)."""
-    assert ts.default_chunk(37) == 16
+    """selective_scan(impl="triton"): resets at t=0, consecutive and at the last step; initial
+    state; bias + softplus, D, z; L=37 / d_state=6 in one chunk (the default) of a 64-step tile
+    with 27 masked steps. Multi-chunk paths are covered below with explicit chunks."""
     inputs, reset = make_inputs()
+    assert ts.default_chunk(37, 6) == 64
     inputs["delta"][0, :, 5] = 25.0  # softplus above its threshold (identity) ...
     inputs["delta"][1, :, 7] = -30.0  # ... and far below it (log1p(exp(x)) without cancellation)
     assert_matches(run(inputs, reset), run(inputs, reset, impl="loop"), rtol=1e-10, atol=1e-10)
@@ -123,21 +135,98 @@ def test_optional_inputs_float64(drop, softplus, with_reset):
 
 @in_process
 def test_several_channel_blocks_and_chunks():
-    """d_inner=5 split into blocks of 2 (a partial last block): B/C gradients are sums of
-    per-block partials; 3-step chunks with a partial last chunk (L=11)."""
+    """d_inner=5 split into blocks of 2 (a partial last block): B/C gradients are atomic sums over
+    three programs; 3-step chunks (a 4-step tile with one masked step) and a partial last chunk
+    of 2 steps (L=11)."""
     inputs, reset = make_inputs(batch=2, length=11, seed=2)
     reset[1, 3] = True  # chunk boundary
     ref = run(inputs, reset, impl="loop")
     assert_matches(run(inputs, reset, chunk=3, block_d=2), ref, rtol=1e-10, atol=1e-10)
 
 
+def as_float64(result):
+    y, last, grads = result
+    return y.double(), last.double(), {k: v.double() for k, v in grads.items()}
+
+
+def float64_copies(inputs):
+    return {k: v.double() for k, v in inputs.items()}
+
+
 @in_process
-def test_float32_matches_loop():
+def test_float32_matches_float64_loop():
     inputs, reset = make_inputs(dtype=torch.float32, seed=3)
-    ref = run(inputs, reset, impl="loop")
-    got = run(inputs, reset, chunk=16)
+    ref = run(float64_copies(inputs), reset, impl="loop", weights_in=torch.float32)
+    got = run(inputs, reset, chunk=16, weights_in=torch.float32)
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
-    assert_matches(got, ref, rtol=1e-5, atol=5e-6 if ON_GPU else 1e-6)  # GPU exp is approximate (ex2.approx)
+    # GPU exp is approximate (ex2.approx)
+    assert_matches(as_float64(got), ref, rtol=1e-5, atol=5e-6 if ON_GPU else 1e-6)
+
+
+@in_process
+def test_many_chunks_resets_on_chunk_edges_float32():
+    """L=100 in chunks of 16 (six full chunks and a partial one of 4 steps), 12 channels in blocks
+    of 4 (dB/dC summed over three programs), d_state 5. Resets at t=0, on the last and first step
+    of chunks (15, 16, 32, 47, 48, 96), consecutive (60-63) and at the last step (99)."""
+    inputs, _ = make_inputs(batch=2, d_inner=12, d_state=5, length=100, dtype=torch.float32, seed=8)
+    reset = torch.zeros(2, 100, dtype=torch.bool, device=DEVICE)
+    reset[0, [0, 15, 16, 32, 60, 61, 62, 63, 99]] = True
+    reset[1, [47, 48, 96, 99]] = True
+    ref = run(float64_copies(inputs), reset, impl="loop", weights_in=torch.float32)
+    got = run(inputs, reset, chunk=16, block_d=4, weights_in=torch.float32)
+    assert_matches(as_float64(got), ref, rtol=1e-5, atol=5e-6 if ON_GPU else 1e-6)
+
+
+@in_process
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_inputs(half):
+    """u, delta, B, C, z in fp16/bf16 (A, D, delta_bias, initial state fp32, as under autocast),
+    fp32 state and accumulation inside. Reference: the float64 loop on the same (rounded) values.
+    The loss weights are representable in the half type, so both runs see the same grad_y. The
+    outputs in the half type (y, du, ddelta, dz, dB, dC) carry one rounding: rtol = its epsilon;
+    the fp32 outputs (last state, dA, dD, delta_bias, initial state) must match to fp32 accuracy."""
+    eps = torch.finfo(half).eps
+    inputs, reset = make_inputs(batch=2, d_inner=8, d_state=6, length=40, dtype=torch.float32, seed=9)
+    for k in ("u", "delta", "B", "C", "z"):
+        inputs[k] = inputs[k].to(half)
+    got = run(inputs, reset, chunk=16, weights_in=half)
+    ref = run(float64_copies(inputs), reset, impl="loop", weights_in=half)
+    assert got[0].dtype == half and got[1].dtype == torch.float32
+    y, last, grads = as_float64(got)
+    y_ref, last_ref, grads_ref = ref
+
+    def scale(t):
+        return float(t.abs().max())
+
+    torch.testing.assert_close(y, y_ref, rtol=eps, atol=eps * 1e-2 * scale(y_ref))
+    torch.testing.assert_close(last, last_ref, rtol=1e-5, atol=1e-6)
+    for name in grads_ref:
+        low = inputs[name].dtype == half
+        rtol, atol = (eps, eps * 1e-2 * scale(grads_ref[name])) if low else (1e-5, 1e-5 * scale(grads_ref[name]))
+        assert grads[name] is not None and got[2][name].dtype == inputs[name].dtype, name
+        torch.testing.assert_close(grads[name], grads_ref[name], rtol=rtol, atol=atol,
+                                   msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@in_process
+def test_forward_only_stores_no_checkpoints(monkeypatch):
+    """Without a gradient the forward skips the checkpoint writes (and saves nothing); the
+    outputs are unchanged."""
+    calls = []
+    real = torch.autograd.function.FunctionCtx.save_for_backward
+    monkeypatch.setattr(torch.autograd.function.FunctionCtx, "save_for_backward",
+                        lambda ctx, *ts_: calls.append(len(ts_)) or real(ctx, *ts_))
+    inputs, reset = make_inputs(batch=2, length=37, seed=10)
+    args = {k: inputs[k] for k in ("D", "z", "delta_bias", "initial_state")}
+    core = [inputs[k] for k in ("u", "delta", "A", "B", "C")]
+    with torch.no_grad():
+        y, last = ts.selective_scan_triton(*core, **args, delta_softplus=True, reset=reset,
+                                           return_last_state=True, chunk=16)
+    assert calls == []
+    y_ref, last_ref = selective_scan(*core, **args, delta_softplus=True, reset=reset, return_last_state=True,
+                                     impl="loop")
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)
 
 
 @in_process
@@ -211,37 +300,51 @@ from triton.compiler import ASTSource
 import resel_train.ops.triton_scan as ts
 
 assert not ts._interpreted()
-FLAGS = ("HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS", "HAS_RESET", "HAS_H0", "HAS_GLAST")
+FLAGS = ("HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS", "HAS_RESET", "HAS_H0", "HAS_GLAST", "STORE_CKPT")
 IO_PTRS = ("u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr", "D_ptr", "z_ptr", "bias_ptr", "h0_ptr", "y_ptr",
            "gy_ptr", "du_ptr", "ddelta_ptr", "dz_ptr")
-for kernel in (ts._scan_fwd_kernel, ts._scan_bwd_kernel):
-    for io, on, (bd, bn) in (("fp32", True, (16, 64)), ("bf16", False, (8, 8))):
-        consts = {n: on for n in FLAGS if n in kernel.arg_names}
-        consts.update(CHUNK=32, BLOCK_D=bd, BLOCK_N=bn)
-        sig = {}
-        for name in kernel.arg_names:
-            if name in consts:
-                sig[name] = "constexpr"
-            elif name.endswith("_ptr"):
-                sig[name] = "*" + (io if name in IO_PTRS else "fp32")
-            else:
-                sig[name] = "i32"
-        k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                           options=dict(num_warps=max(1, bd * bn // 128)))
-        assert k.asm["cubin"], "no cubin"
+
+def build(kernel, io, on, bd, bn, chunk, num_warps):
+    consts = {n: on for n in FLAGS if n in kernel.arg_names}
+    consts.update(CHUNK=chunk, T_TILE=ts._next_pow2(chunk), BLOCK_D=bd, BLOCK_N=bn)
+    sig = {}
+    for name in kernel.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + (io if name in IO_PTRS else "fp32")
+        else:
+            sig[name] = "i32"
+    k = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=num_warps))
+    assert k.asm["cubin"], "no cubin"
+
+
+# every autotune candidate at the paper's size (d_inner 512, d_state 64, L 1000), fp32, all features
+chunk = ts.default_chunk(1000, 64)
+for kind, kernel in (("fwd", ts._scan_fwd_kernel), ("bwd", ts._scan_bwd_kernel)):
+    configs = ts._pruner(kind)(ts._CONFIGS, {"d_inner": 512}, BLOCK_N=64, T_TILE=ts._next_pow2(chunk))
+    assert len(configs) > 1, (kind, configs)
+    for cfg in configs:
+        build(kernel, "fp32", True, cfg.kwargs["BLOCK_D"], 64, chunk, cfg.num_warps)
+    # bf16 inputs, no optional features, a chunk that is not a power of two
+    build(kernel, "bf16", False, 4, 16, 24, 4)
 print("ok")
 """
 
 
 @pytest.mark.skipif(ON_GPU, reason="on a GPU the kernels are compiled and run by the tests above")
 def test_kernels_compile_for_sm90_without_a_gpu():
-    """The interpreter does not type-check like the compiler does: build both kernels ahead of time
+    """The interpreter does not type-check like the compiler does: build both kernels (every
+    autotune candidate at the paper's size, and a bf16 variant) ahead of time
     for sm_90 (TTIR -> PTX -> cubin with triton's bundled ptxas), no GPU needed, no launch."""
     if "nvidia" not in getattr(triton.backends, "backends", {}):
         pytest.skip("this triton build has no NVIDIA backend")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], check=False, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT], check=False, capture_output=True, text=True, timeout=300, env=env
+    )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
