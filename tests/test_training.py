@@ -113,9 +113,15 @@ def test_resume_gives_exactly_the_same_next_update(tmp_path):
     resumed = Trainer(cfg, resume=True)
     assert resumed.env_steps == first.env_steps and resumed.buffer.num_trajectories == first.buffer.num_trajectories
     after_resume = resumed.update_once()
-    assert metrics_to_floats(after_resume) == metrics_to_floats(uninterrupted)
-    for (name, a), b in zip(first.agent.state_dict().items(), resumed.agent.state_dict().values()):
-        assert torch.equal(a, b), name
+    if first.device.type == "cpu":  # bit-identical
+        assert metrics_to_floats(after_resume) == metrics_to_floats(uninterrupted)
+        for (name, a), b in zip(first.agent.state_dict().items(), resumed.agent.state_dict().values()):
+            assert torch.equal(a, b), name
+    else:  # CUDA reductions (cuBLAS, the Triton scan's atomic dB/dC sums) do not fix their order: close
+        np.testing.assert_allclose(list(metrics_to_floats(after_resume).values()),
+                                   list(metrics_to_floats(uninterrupted).values()), rtol=1e-4, atol=1e-6)
+        for (name, a), b in zip(first.agent.state_dict().items(), resumed.agent.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_existing_run_needs_resume_and_resume_needs_a_run(tmp_path):
