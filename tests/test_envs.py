@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -214,9 +215,12 @@ def test_gravity_pool_fixed_split_and_range(envs):
 @pytest.mark.skipif(not HAVE_MUJOCO, reason="mujoco is not installed (pip install 'resel[sim]')")
 def test_gravity_test_split_cycles_the_20_test_tasks(envs):
     env = envs("Walker2d-gravity", seed=5, split="test")
-    seen = [env.reset()[1]["gravity_scale"] for _ in range(21)]
-    assert seen[:20] == env.pool.test and seen[20] == seen[0]
+    seen = [env.reset()[1]["gravity_scale"] for _ in range(21)]  # seeded once (5), then unseeded
+    assert seen[:20] == env.pool.test[5:] + env.pool.test[:5] and seen[20] == seen[0]
     assert not set(seen) & set(env.pool.train)
+    # seeded episodes base, base + 1, ...: the same tasks in the same order at every evaluation
+    evaluations = [[env.reset(seed=10_000 + i)[1]["gravity_scale"] for i in range(5)] for _ in range(2)]
+    assert evaluations[0] == evaluations[1] == env.pool.test[0:5]  # 10_000 % 20 == 0
 
 
 @pytest.mark.skipif(not HAVE_MUJOCO, reason="mujoco is not installed (pip install 'resel[sim]')")
@@ -268,8 +272,8 @@ def test_cheetah_vel_holds_task_for_two_inner_episodes(envs):
     tasks = {env.reset()[1]["task"] for _ in range(5)}
     assert len(tasks) > 1 and tasks <= set(env.pool.train)
 
-    test_env = envs("HalfCheetahVel", seed=4, split="test")
-    assert [test_env.reset()[1]["task"] for _ in range(20)] == test_env.pool.test
+    test_env = envs("HalfCheetahVel", seed=4, split="test")  # the first reset is seeded 4: the walk starts there
+    assert [test_env.reset()[1]["task"] for _ in range(20)] == test_env.pool.test[4:] + test_env.pool.test[:4]
     assert not set(test_env.pool.test) & set(test_env.pool.train)
 
 
@@ -414,3 +418,21 @@ def test_pendulum_truncates_at_200(envs):
     for t in range(1, 201):
         _, _, terminated, truncated, _ = env.step(env.action_space.sample())
         assert not terminated and truncated == (t == 200)
+
+
+@pytest.mark.parametrize("task_id", [t.id for t in list_tasks()])
+def test_every_task_is_registered_with_gymnasium_and_passes_its_checker(task_id):
+    """gymnasium.make("resel/<id>-v0", split=..., seed=...) builds the same task, and check_env finds no error."""
+    from gymnasium.utils.env_checker import check_env
+
+    from resel_train.envs import gym_id
+
+    env = gym.make(gym_id(task_id), split="test", seed=7)
+    assert env.spec.id == f"resel/{task_id}-v0" and env.spec.kwargs["task_id"] == task_id
+    ours = make_env(task_id, seed=7, split="test")
+    np.testing.assert_array_equal(env.reset()[0], ours.reset()[0])  # same task, same seeding
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # advice such as "observation bound is -inf", not errors
+        check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+    ours.close()

@@ -193,3 +193,21 @@ def test_prefetched_batches_equal_sampling_on_the_spot():
         prefetch.draw(ahead, 12)
         saved = prefetch.replay_state(ahead)["rng_state"]
         assert np.array_equal(saved, spot.state_dict()["rng_state"])  # a checkpoint holds the on-the-spot state
+
+
+def test_every_evaluation_sees_the_same_held_out_tasks(tmp_path):
+    """Two evaluations of the same policy on Walker2d-gravity: the same test gravities in the same order, the same returns."""
+    pytest.importorskip("mujoco")
+    trainer = Trainer(small_cfg("Walker2d-gravity", tmp_path))
+    scales = []
+    original_reset = trainer.eval_env.reset
+
+    def recording_reset(**kwargs):
+        obs, info = original_reset(**kwargs)
+        scales.append(trainer.eval_env.get_wrapper_attr("gravity_scale"))
+        return obs, info
+
+    trainer.eval_env.reset = recording_reset
+    first, second = trainer.evaluate(episodes=3), trainer.evaluate(episodes=3)
+    assert scales[:3] == scales[3:] and len(set(scales[:3])) == 3
+    assert first == second

@@ -95,7 +95,10 @@ class TaskPool:
     The pool is drawn once from ``pool_seed``, independent of the environment seed, so every run
     and every worker sees the same tasks. ``split="train"`` samples a training task uniformly with
     the pool's own generator (re-seeded by ``reset(seed=...)``); ``split="test"`` walks through the
-    test tasks in order, so an evaluation of ``len(test)`` episodes covers each test task once.
+    test tasks in order, and ``reset(seed=s)`` moves the walk to test task ``s % len(test)``: the
+    same seed always gives the same task (Gymnasium's determinism contract), an evaluation that
+    seeds its episodes ``base, base + 1, ...`` sees the same tasks in the same order every time and
+    covers each test task once per ``len(test)`` episodes, and unseeded resets continue the walk.
     """
 
     def __init__(self, tasks: Sequence[Any], n_train: int, split: str):
@@ -108,13 +111,10 @@ class TaskPool:
         self._next_test = 0
 
     def seed(self, seed: int | None) -> None:
-        """Re-seed the training-task generator (called on ``reset(seed=...)``).
-
-        The test cycle is deliberately not restarted: an evaluator that seeds every episode still
-        walks through all test tasks.
-        """
+        """Re-seed the training-task generator and place the test walk (called on ``reset(seed=...)``)."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
+            self._next_test = seed % len(self.test) if self.test else 0
 
     def draw(self) -> Any:
         """The task for the next episode."""

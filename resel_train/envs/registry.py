@@ -181,6 +181,26 @@ def _build_table() -> None:
 
 _build_table()
 
+NAMESPACE, VERSION = "resel", 0
+
+
+def gym_id(task_id: str) -> str:
+    """The id under which ``task_id`` is registered with Gymnasium: ``resel/<task_id>-v0``."""
+    return f"{NAMESPACE}/{task_id}-v{VERSION}"
+
+
+def _register_with_gymnasium() -> None:
+    """Register every task with Gymnasium, so ``gymnasium.make("resel/Walker2d-gravity-v0", split="test",
+    seed=1)`` works with other libraries, wrappers and vector envs. Our factories add their own time
+    limits (so ``max_episode_steps`` stays unset here) and are imported only when a task is built."""
+    for task_id in _TABLE:
+        if gym_id(task_id) not in gym.registry:
+            gym.register(id=gym_id(task_id), entry_point="resel_train.envs.registry:make_env",
+                         kwargs={"task_id": task_id})
+
+
+_register_with_gymnasium()
+
 
 def list_tasks() -> list[TaskInfo]:
     """Every registered task, in table order (grouped by family)."""
