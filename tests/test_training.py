@@ -196,7 +196,7 @@ def test_prefetched_batches_equal_sampling_on_the_spot():
 
 
 def test_every_evaluation_sees_the_same_held_out_tasks(tmp_path):
-    """Two evaluations of the same policy on Walker2d-gravity: the same test gravities in the same order, the same returns."""
+    """Two evaluations of one policy on Walker2d-gravity: the same test gravities in the same order, the same returns."""
     pytest.importorskip("mujoco")
     trainer = Trainer(small_cfg("Walker2d-gravity", tmp_path))
     scales = []
