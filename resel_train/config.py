@@ -107,7 +107,11 @@ def resolve_config(
     overrides: list[str] | None = None,
     **flags: Any,
 ) -> TrainConfig:
-    """Build the full config for ``env``; ``flags`` with value None are ignored (unset CLI options)."""
+    """Build the full config for ``env``; ``flags`` with value None are ignored (unset CLI options).
+
+    Types are checked here; ranges by :func:`validate_config`, which the trainer runs on the config
+    it will use (on a resume: the run's stored config with the requested changes).
+    """
     from resel_train.envs import task_info
 
     info = task_info(env)
@@ -137,7 +141,6 @@ def resolve_config(
     for key, value in flags.items():
         if value is not None:
             _set_path(cfg, key, value)
-    validate_config(cfg)
     return cfg
 
 

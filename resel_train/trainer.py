@@ -37,7 +37,7 @@ from resel_train.checkpoint import (
     remove_unreferenced,
     save_run_state,
 )
-from resel_train.config import TrainConfig, config_from_dict, config_to_dict, resume_config
+from resel_train.config import TrainConfig, config_from_dict, config_to_dict, resume_config, validate_config
 from resel_train.envs import make_env, task_info
 from resel_train.guard import DivergenceGuard, TrainingDiverged
 from resel_train.logger import RunLogger
@@ -126,6 +126,8 @@ class Trainer:
         """``requested_keys``: on resume, the config keys the caller set explicitly (the CLI's flags,
         ``--set`` and file keys); they must match the run's or be safe to change (see
         :func:`~resel_train.config.resume_config`). None compares every key of ``cfg``."""
+        if not resume:
+            validate_config(cfg)
         self.run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg)
         ckpt_path = self.run_dir / CHECKPOINT
         if resume and not ckpt_path.exists():
