@@ -44,7 +44,7 @@ def _message(exc: BaseException) -> str:
 
 
 def _fail(exc: BaseException, code: int = EXIT_ERROR) -> None:
-    console.print(f"[bold red]error:[/] {escape(_message(exc))}")
+    console.print(f"[bold red]error:[/] {escape(_message(exc))}", soft_wrap=True)  # one line, even if long
     raise typer.Exit(code=code)
 
 
@@ -56,6 +56,8 @@ def cli_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except typer.Exit:  # click's Exit is a RuntimeError: let it through
+            raise
         except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
             if _options["debug"]:
                 raise
@@ -110,7 +112,7 @@ def train(
             raise
         _fail(OSError(f"{_message(exc)}; {_last_good(trainer)}"))
     except TrainingInterrupted as exc:
-        console.print(f"stopped by {escape(str(exc))}; resume with: {again}")
+        console.print(f"stopped by {escape(str(exc))}; resume with: {again}", soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
     except TrainingDiverged as exc:
         if _options["debug"]:
