@@ -58,6 +58,8 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 def detect_kind(path: str | Path) -> str:
     """'checkpoint', 'onnx' or 'engine' for a model file; raises with what was expected otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; pass a model file (e.g. {path / 'checkpoint.pt'} or an .onnx file)")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix.lower() in ENGINE_SUFFIXES:
