@@ -30,7 +30,7 @@ class RunLogger:
         cut_metrics(self.csv_path, start_step)
         self._file = self.csv_path.open("a", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="ignore")
-        self._tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+        self._tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start_step + 1)
 
     def log(self, row: dict) -> None:
         """Write one row; values may be floats, ints, None or 0-d tensors (read here, once per row)."""
