@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +16,16 @@ from rich.table import Table
 app = typer.Typer(help="RESeL: train recurrent off-policy RL policies and ship them as constant-time controllers.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console()
+_options = {"debug": False}
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_ERROR, EXIT_DIVERGED = 2, 3
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")]
+         = False) -> None:
+    """RESeL: train recurrent off-policy RL policies and ship them as constant-time controllers."""
+    _options["debug"] = debug
 
 
 class Encoder(str, Enum):
@@ -22,17 +34,50 @@ class Encoder(str, Enum):
     mlp = "mlp"
 
 
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {escape(str(exc))}")
-    raise typer.Exit(code=2)
+def _message(exc: BaseException) -> str:
+    """One line: OSErrors as 'what: file', everything else as its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _fail(exc: BaseException, code: int = EXIT_ERROR) -> None:
+    console.print(f"[bold red]error:[/] {escape(_message(exc))}", soft_wrap=True)  # one line, even if long
+    raise typer.Exit(code=code)
+
+
+def cli_errors(command: F) -> F:
+    """Turn expected failures (bad input, files, disk, missing packages, a locked run) into one line and exit 2;
+    ``resel --debug ...`` re-raises them with the traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:  # click's Exit is a RuntimeError: let it through
+            raise
+        except (ValueError, TypeError, OSError, ImportError, RuntimeError) as exc:
+            if _options["debug"]:
+                raise
+            _fail(exc)
+        except KeyboardInterrupt:
+            if _options["debug"]:
+                raise
+            console.print("[bold red]interrupted[/]")
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 @app.command()
+@cli_errors
 def train(
     env: Annotated[str, typer.Option(help="Task id (see `resel envs`).")],
     steps: Annotated[Optional[int], typer.Option(help="Environment steps (default: the preset's).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     encoder: Annotated[Optional[Encoder], typer.Option(help="Context encoder.")] = None,
     preset: Annotated[str, typer.Option(help="auto (by task family), mujoco, pybullet, gravity, meta, classic, "
                                              "keydoor, or cpu (2-core friendly; see README)")] = "auto",
@@ -43,21 +88,45 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train RESeL on a task; writes checkpoint.pt, metrics.csv and TensorBoard logs to the run folder."""
-    from resel_train.config import resolve_config
-    from resel_train.trainer import Trainer
+    from resel_train.config import flat_keys, load_config_file, resolve_config
+    from resel_train.guard import TrainingDiverged
+    from resel_train.trainer import Trainer, TrainingInterrupted
 
-    try:
-        flags = {"steps": steps, "seed": seed, "device": device, "out": out,
-                 "model.encoder": encoder.value if encoder else None}
-        cfg = resolve_config(env, preset, config, set_, **flags)
-        trainer = Trainer(cfg, resume=resume)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
-        _fail(exc)
+    flags = {"steps": steps, "seed": seed, "device": device, "out": out,
+             "model.encoder": encoder.value if encoder else None}
+    cfg = resolve_config(env, preset, config, set_, **flags)
+    given = [k for k, v in flags.items() if v is not None] + [item.partition("=")[0].strip() for item in set_ or []]
+    given += flat_keys(load_config_file(config)) if config else []
+    given += ["preset"] if preset != "auto" else []
+    trainer = Trainer(cfg, resume=resume, requested_keys=given)
+    if trainer.lock.previous_holder:
+        console.print(f"took over the stale lock of a process that is gone ({trainer.lock.previous_holder})")
     console.print(f"run folder: [bold]{trainer.run_dir}[/]  preset: {trainer.cfg.preset}  "
                   f"device: {trainer.device}  steps: {trainer.cfg.steps}")
-    result = trainer.train(show_progress=progress)
+    c = trainer.cfg
+    again = f"resel train --env {c.env} --out {c.out} --seed {c.seed} --encoder {c.model.encoder} --resume"
+    try:
+        result = trainer.train(show_progress=progress)
+    except OSError as exc:  # e.g. the disk filled up during a save: the unit on disk is still whole
+        if _options["debug"]:
+            raise
+        _fail(OSError(f"{_message(exc)}; {_last_good(trainer)}"))
+    except TrainingInterrupted as exc:
+        console.print(f"stopped by {escape(str(exc))}; resume with: {again}", soft_wrap=True)
+        raise typer.Exit(code=exc.exit_code) from None
+    except TrainingDiverged as exc:
+        if _options["debug"]:
+            raise
+        _fail(ValueError(f"{exc}; stopped without saving: {_last_good(trainer)}. Lower the learning rates, or resume "
+                         f"from that checkpoint ({again})"), EXIT_DIVERGED)
     console.print(f"done: {result['env_steps']} steps, last eval return {result['eval_return']}")
     console.print(f"checkpoint: {trainer.run_dir / 'checkpoint.pt'}")
+
+
+def _last_good(trainer: Any) -> str:
+    if trainer.saved_step is None:
+        return "nothing was saved"
+    return f"the last good checkpoint {trainer.run_dir / 'checkpoint.pt'} (step {trainer.saved_step}) is kept"
 
 
 class Backend(str, Enum):
@@ -75,14 +144,12 @@ def _rollout(model: Path, env: str | None, episodes: int, backend: str, seed: in
              device: str | None = None) -> None:
     from resel_deploy.rollout import run_rollouts
 
-    try:
-        report = run_rollouts(model, env, episodes, backend=backend, seed=seed, stochastic=stochastic, device=device)
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
-        _fail(exc)
+    report = run_rollouts(model, env, episodes, backend=backend, seed=seed, stochastic=stochastic, device=device)
     console.print(report.table())
 
 
 @app.command("eval")
+@cli_errors
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt written by `resel train`.")],
     env: Annotated[Optional[str], typer.Option(help="Task id (default: the checkpoint's task).")] = None,
@@ -95,6 +162,7 @@ def evaluate(
 
 
 @app.command()
+@cli_errors
 def rollout(
     model: Annotated[Path, typer.Argument(help="A checkpoint, an .onnx file or a TensorRT engine.")],
     env: Annotated[Optional[str], typer.Option(help="Task id (default: the model's task).")] = None,
@@ -109,6 +177,7 @@ def rollout(
 
 
 @app.command()
+@cli_errors
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt (or, for trt, an .onnx file).")],
     format: Annotated[Format, typer.Option("--format", help="onnx, or trt (TensorRT engine; needs a GPU).")] = Format.onnx,
@@ -116,23 +185,21 @@ def export(
     out: Annotated[Optional[Path], typer.Option(help="Output file (default: next to the input).")] = None,
 ) -> None:
     """Export the stepwise policy: ONNX with a parity certificate, or a TensorRT engine."""
-    try:
-        if format is Format.onnx:
-            from export.onnx import export_onnx
+    if format is Format.onnx:
+        from export.onnx import export_onnx
 
-            report = export_onnx(checkpoint, out, fp16=fp16)
-            console.print(f"wrote {report.path} (opset {report.opset}, {report.precision}, "
-                          f"{report.size_bytes / 1e6:.2f} MB); parity vs torch over {report.check_steps} steps at "
-                          f"batch {report.check_batches}: max abs error {report.max_abs_error:.2e}")
-        else:
-            from export.tensorrt import build_engine
+        report = export_onnx(checkpoint, out, fp16=fp16)
+        console.print(f"wrote {report.path} (opset {report.opset}, {report.precision}, "
+                      f"{report.size_bytes / 1e6:.2f} MB); parity vs torch over {report.check_steps} steps at "
+                      f"batch {report.check_batches}: max abs error {report.max_abs_error:.2e}")
+    else:
+        from export.tensorrt import build_engine
 
-            console.print(f"wrote {build_engine(checkpoint, out, fp16=fp16)}")
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
-        _fail(exc)
+        console.print(f"wrote {build_engine(checkpoint, out, fp16=fp16)}")
 
 
 @app.command()
+@cli_errors
 def envs() -> None:
     """List every task id with its family and what it tests."""
     from resel_train.envs import list_tasks
@@ -145,21 +212,21 @@ def envs() -> None:
 
 
 @app.command()
+@cli_errors
 def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint.pt.")]) -> None:
-    """Show what a checkpoint holds: task, model, counters and the resolved config."""
-    from resel_train.checkpoint import CheckpointError, load_checkpoint
+    """Show what a checkpoint holds (task, model, counters) after verifying it (checksum, finite weights)."""
+    from resel_train.checkpoint import verify_checkpoint
 
-    try:
-        data = load_checkpoint(checkpoint)
-    except (CheckpointError, FileNotFoundError) as exc:
-        _fail(exc)
+    data, verdict = verify_checkpoint(checkpoint)
     table = Table("key", "value")
     for key, value in {**data["model"], **data.get("counters", {})}.items():
         table.add_row(key, str(value))
     console.print(table)
+    console.print(verdict)
 
 
 @app.command()
+@cli_errors
 def plot(
     runs: Annotated[list[Path], typer.Argument(help="Run folders; LABEL=RUN groups runs under one label.")],
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("learning_curve.png"),
@@ -173,10 +240,7 @@ def plot(
     for item in map(str, runs):
         label, sep, path = item.partition("=")
         groups.setdefault(label if sep else Path(item).name, []).append(Path(path if sep else item))
-    try:
-        console.print(f"wrote {plot_learning_curves(groups, out, metric, title)}")
-    except FileNotFoundError as exc:
-        _fail(exc)
+    console.print(f"wrote {plot_learning_curves(groups, out, metric, title)}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 Never imports the trainer, the replay buffer or the algorithm.
 """
 
-from resel_deploy.controller import BACKENDS, Controller
+from resel_deploy.controller import BACKENDS, Controller, NonFiniteAction
 from resel_deploy.stepwise import StepwisePolicy
 
 
@@ -21,4 +21,4 @@ def __getattr__(name):  # keep `import resel_deploy` free of simulator imports
     raise AttributeError(name)
 
 
-__all__ = ["BACKENDS", "Controller", "StepwisePolicy", "run_rollouts", "RolloutReport"]
+__all__ = ["BACKENDS", "Controller", "NonFiniteAction", "StepwisePolicy", "run_rollouts", "RolloutReport"]

@@ -8,9 +8,9 @@
 
 - ``step(obs, reward=0.0, out=None)``: one robot. ``reward`` is the reward the environment gave for
   the *previous* action (r_{t-1}); it is used only by tasks that feed rewards to the policy and is
-  ignored at an episode's first step. Returns the action rescaled to the action bounds; with
-  ``out=`` (a float32/float64 array of shape (act_dim,)) it is written there and nothing at all is
-  allocated, otherwise a new small array is returned.
+  ignored at an episode's first step (None counts as 0.0, as in ``step_batch``). Returns the action
+  rescaled to the action bounds; with ``out=`` (a float32/float64 array of shape (act_dim,)) it is
+  written there and nothing at all is allocated, otherwise a new small array is returned.
 - ``step_batch(obs, rewards=None, is_first=None, out=None)``: ``batch`` robots at once, each with its
   own state; ``is_first`` (bool per robot) starts new episodes for some robots only.
 - ``reset(rows=None)``: the next step of all (or the given) robots is the first of an episode
@@ -20,7 +20,14 @@ The controller preallocates every buffer at load (inputs, outputs, two state set
 copies the observation into its input buffer, runs the backend, and copies the action out.
 Deterministic actions (tanh of the mean) by default; ``stochastic=True, seed=...`` samples
 tanh(mean + std * noise) with noise from a seeded numpy generator written into a preallocated
-buffer. Inputs are validated every step: a wrong shape names the expected one, NaN/inf raises.
+buffer. Inputs are validated every step: a wrong type or shape names the argument and the expected
+shape, NaN/inf raises.
+
+Outputs are checked too, whatever the backend: a non-finite action is never returned. By default
+the step raises :class:`NonFiniteAction`; with ``safe_action=`` (an action in env units, within
+the bounds) given to :meth:`Controller.load`, the affected robots get that action instead and
+``nonfinite_steps`` counts it. Either way the recurrent state of those robots is zeroed (a reset:
+NaN state would otherwise poison every later step).
 
 Real-time notes: onnxruntime runs with one intra-op and one inter-op thread (the step runs on the
 caller's thread); denormals are flushed to zero on the loading thread (call ``prepare_thread()``
@@ -51,6 +58,8 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 def detect_kind(path: str | Path) -> str:
     """'checkpoint', 'onnx' or 'engine' for a model file; raises with what was expected otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; pass a model file (e.g. {path / 'checkpoint.pt'} or an .onnx file)")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix.lower() in ENGINE_SUFFIXES:
@@ -67,12 +76,16 @@ def detect_kind(path: str | Path) -> str:
     )
 
 
+class NonFiniteAction(RuntimeError):
+    """The backend produced NaN/inf actions; they were not returned (see the module docstring)."""
+
+
 class Controller:
     """Stepwise recurrent controller with interchangeable backends (see the module docstring)."""
 
     def __init__(
         self, backend: Backend, meta: dict[str, Any], batch: int = 1, stochastic: bool = False,
-        seed: int | None = None, warmup: int = 3,
+        seed: int | None = None, warmup: int = 3, safe_action: Any = None,
     ) -> None:
         self._backend = backend
         self.metadata = dict(meta)
@@ -93,6 +106,10 @@ class Controller:
         self._zeros = np.zeros(self._obs_flat.shape, np.float32)
         self._zeros_batch = np.zeros(self.batch, np.float32)
         self._rew_flat = h.prev_reward.reshape(-1)
+        self._act_flat = h.action.reshape(-1)
+        self._zeros_act = np.zeros(self._act_flat.shape, np.float32)
+        self.safe_action = None if safe_action is None else self._checked_safe_action(safe_action)
+        self.nonfinite_steps = 0
         for _ in range(max(0, warmup)):  # fault in pages and runtime arenas before the first real step
             h.is_first.fill(1.0)
             backend.run()
@@ -115,6 +132,7 @@ class Controller:
         flush_denormals: bool = True,
         device: str | None = None,
         warmup: int = 3,
+        safe_action: Any = None,
     ) -> Controller:
         """Load a checkpoint, an .onnx file or a TensorRT engine for ``batch`` robots.
 
@@ -126,7 +144,8 @@ class Controller:
         ``torch.set_num_threads(threads)`` (process-wide; by default torch's setting is left alone --
         set it to 1 for a control loop). ``flush_denormals``: flush denormals to zero on the
         stepping thread (FTZ/DAZ; both runtimes set it thread-wide, so other float math on that
-        thread flushes too; see backends.py for why a control loop wants it).
+        thread flushes too; see backends.py for why a control loop wants it). ``safe_action``: what
+        to return instead of a non-finite action (default: raise :class:`NonFiniteAction`).
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
@@ -143,6 +162,8 @@ class Controller:
             import torch
 
             from resel_deploy.stepwise import StepwisePolicy
+
+            _check_torch_device(device)
 
             stepwise = StepwisePolicy.from_checkpoint(path)
             if threads is not None:
@@ -170,7 +191,7 @@ class Controller:
                 engine, meta = build_engine_bytes(model, meta, max_batch=max(batch, 1))
             impl = TensorRTBackend(engine, meta, batch)
         meta = {**meta, "source": str(path), "source_kind": kind}
-        return cls(impl, meta, batch=batch, stochastic=stochastic, seed=seed, warmup=warmup)
+        return cls(impl, meta, batch=batch, stochastic=stochastic, seed=seed, warmup=warmup, safe_action=safe_action)
 
     @property
     def backend(self) -> str:
@@ -198,14 +219,19 @@ class Controller:
         if self.batch != 1:
             raise ValueError(f"step() is for one robot; this controller was loaded with batch={self.batch}: "
                              "use step_batch()")
-        obs = np.asarray(obs)
+        obs = _numeric("obs", obs, f"({self.obs_dim},)")
         if obs.shape != (self.obs_dim,) and obs.shape != (1, self.obs_dim):
             raise ValueError(f"obs must have shape ({self.obs_dim},); got {obs.shape}")
         np.copyto(self._obs_row, obs.reshape(self.obs_dim) if obs.ndim == 2 else obs, casting="same_kind")
         self._check_obs()
+        if reward is None:
+            reward = 0.0
+        elif not isinstance(reward, (int, float, np.integer, np.floating)) or isinstance(reward, bool):
+            raise TypeError(f"reward must be a number (the previous step's reward) or None; got {reward!r}")
         reward = float(reward)
         if not math.isfinite(reward):
             raise ValueError(f"reward must be finite; got {reward}")
+        self._check_out(out, (self.act_dim,))
         self._rew_flat[0] = reward
         self._run()
         if out is None:
@@ -219,7 +245,8 @@ class Controller:
         ``is_first`` adds to episode starts requested with :meth:`reset`. Returns (batch, act_dim),
         written into ``out`` when given.
         """
-        obs = np.asarray(obs)
+        obs = _numeric("obs", obs, f"({self.batch}, {self.obs_dim})")
+        self._check_out(out, (self.batch, self.act_dim))
         if obs.shape != (self.batch, self.obs_dim):
             raise ValueError(f"obs must have shape ({self.batch}, {self.obs_dim}) = (batch, obs_dim); got {obs.shape}")
         np.copyto(self._h.obs, obs, casting="same_kind")
@@ -227,7 +254,7 @@ class Controller:
         if rewards is None:
             self._rew_flat.fill(0.0)
         else:
-            r = np.asarray(rewards)
+            r = _numeric("rewards", rewards, f"({self.batch},) or a scalar")
             if r.ndim == 0:
                 self._rew_flat.fill(float(r))
             elif r.shape in ((self.batch,), (self.batch, 1)):
@@ -253,6 +280,27 @@ class Controller:
             bad = np.argwhere(~np.isfinite(self._h.obs))
             raise ValueError(f"obs contains NaN or inf at (robot, index) {bad[:5].tolist()}; refusing to act on it")
 
+    @staticmethod
+    def _check_out(out: np.ndarray | None, shape: tuple[int, ...]) -> None:
+        if out is None:
+            return
+        if not isinstance(out, np.ndarray) or out.dtype not in (np.float32, np.float64):
+            got = f"{type(out).__name__} of {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise TypeError(f"out must be a float32/float64 numpy array of shape {shape}; got {got}")
+        if out.shape != shape:
+            raise ValueError(f"out must have shape {shape}; got {out.shape}")
+
+    def _checked_safe_action(self, safe_action: Any) -> np.ndarray:
+        a = _numeric("safe_action", safe_action, f"({self.act_dim},)").astype(np.float32)
+        try:
+            a = np.broadcast_to(a, (self.act_dim,)).copy()
+        except ValueError:
+            raise ValueError(f"safe_action must be a scalar or have shape ({self.act_dim},); got {a.shape}") from None
+        if not (np.isfinite(a).all() and (a >= self.action_low).all() and (a <= self.action_high).all()):
+            raise ValueError(f"safe_action must be finite and within the action bounds {self.action_low.tolist()} .. "
+                             f"{self.action_high.tolist()}; got {a.tolist()}")
+        return a
+
     def _run(self) -> None:
         h = self._h
         if self.stochastic:
@@ -260,6 +308,26 @@ class Controller:
         self._backend.run()
         h.is_first.fill(0.0)
         self.steps += 1
+        if not math.isfinite(float(np.dot(self._act_flat, self._zeros_act))):
+            self._nonfinite_action()
+
+    def _nonfinite_action(self) -> None:
+        """Never hand a NaN/inf action out: reset the robots concerned, then raise or use ``safe_action``."""
+        h = self._h
+        rows = np.unique(np.argwhere(~np.isfinite(h.action))[:, 0])
+        state = self._backend.get_state()
+        for value in state.values():
+            value[rows] = 0.0
+        self._backend.set_state(state)
+        h.is_first[rows] = 1.0
+        if self.safe_action is None:
+            raise NonFiniteAction(
+                f"the {self.backend} backend produced a non-finite action for robot(s) {rows.tolist()} at step "
+                f"{self.steps}; it was not returned and their state was reset. The model's weights or inputs are "
+                "out of range; pass safe_action=... to Controller.load to act safely instead of raising"
+            )
+        h.action[rows] = self.safe_action
+        self.nonfinite_steps += 1
 
     # ---- inspection ---------------------------------------------------------------------------
     def get_state(self) -> dict[str, np.ndarray]:
@@ -277,6 +345,29 @@ class Controller:
     def __repr__(self) -> str:
         return (f"Controller(backend={self.backend!r}, obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
                 f"batch={self.batch}, task={self.task_id!r}, state={self.state_names})")
+
+
+def _numeric(name: str, value: Any, shape: str) -> np.ndarray:
+    """``value`` as a numeric numpy array, or a TypeError that names the argument."""
+    arr = np.asarray(value) if value is not None else None
+    if arr is None or arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a numeric array of shape {shape}; got {type(value).__name__} {value!r:.60}")
+    return arr
+
+
+def _check_torch_device(device: str | None) -> None:
+    import torch
+
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but torch sees no CUDA GPU; use device='cpu'")
 
 
 def _flush_denormals_on_this_thread() -> None:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resel_train.checkpoint import CheckpointError, load_checkpoint, policy_from_checkpoint
+from resel_train.checkpoint import CheckpointError, load_checkpoint, nonfinite_weights, policy_from_checkpoint
 from resel_train.nets.encoders import MambaEncoder
 from resel_train.nets.mamba import Mamba, MambaBlock
 from resel_train.nets.policy import Policy
@@ -168,6 +168,10 @@ class StepwisePolicy(nn.Module):
         spec = data.get("model")
         if not isinstance(spec, dict) or "policy" not in data:
             raise CheckpointError(f"{path} has no 'model' spec or 'policy' weights; it cannot be deployed")
+        bad = nonfinite_weights({"policy": data["policy"]})
+        if bad:
+            raise CheckpointError(f"{path} holds non-finite policy weights ({', '.join(bad[:3])}): the run "
+                                  "diverged before this was saved; it cannot be deployed")
         try:
             policy = policy_from_checkpoint(data)
         except (KeyError, RuntimeError, TypeError) as exc:

@@ -7,6 +7,8 @@ overrides -> explicit CLI flags. The resolved config is saved next to every chec
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +64,7 @@ class TrainConfig:
     checkpoint_every: int = 10_000
     log_every: int = 1000
     replay_capacity: int = 1_000_000
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     cuda_graphs: bool = True  # on CUDA, replay the update as CUDA graphs (resel_train/graphed_update.py)
     out: str = "runs"
@@ -106,7 +108,11 @@ def resolve_config(
     overrides: list[str] | None = None,
     **flags: Any,
 ) -> TrainConfig:
-    """Build the full config for ``env``; ``flags`` with value None are ignored (unset CLI options)."""
+    """Build the full config for ``env``; ``flags`` with value None are ignored (unset CLI options).
+
+    Types are checked here; ranges by :func:`validate_config`, which the trainer runs on the config
+    it will use (on a resume: the run's stored config with the requested changes).
+    """
     from resel_train.envs import task_info
 
     info = task_info(env)
@@ -140,14 +146,23 @@ def resolve_config(
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or YAML config (nested tables for ``model`` and ``algo``)."""
+    """Read a TOML or YAML config (nested tables for ``model`` and ``algo``); errors name the file."""
     path = Path(path)
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ValueError(f"config file {path} must end in .toml, .yaml or .yml")
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a directory; pass a .toml or .yaml file")
     text = path.read_text()
-    if path.suffix == ".toml":
-        return tomllib.loads(text)
-    if path.suffix in (".yaml", ".yml"):
-        return yaml.safe_load(text) or {}
-    raise ValueError(f"config file {path} must end in .toml, .yaml or .yml")
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        kind = "TOML" if path.suffix == ".toml" else "YAML"
+        raise ValueError(f"config file {path} is not valid {kind}: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a table of keys, got a {type(data).__name__}")
+    return data
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -160,43 +175,155 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def _apply(obj: Any, values: dict[str, Any]) -> None:
+def flat_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of a nested config dict, e.g. ``["seed", "algo.batch_size"]``."""
+    keys = []
+    for key, value in data.items():
+        keys += flat_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return keys
+
+
+def get_path(cfg: Any, path: str) -> Any:
+    owner = _field_owner(cfg, path)
+    return getattr(owner, path.rsplit(".", 1)[-1])
+
+
+# Keys a resume may change: a larger step budget and settings that do not alter the learning.
+RESUME_SAFE = ("steps", "threads", "log_every", "checkpoint_every", "out")
+
+
+def resume_config(stored: TrainConfig, requested: TrainConfig, keys: list[str] | None = None) -> TrainConfig:
+    """The stored config of a run, with the requested ``keys`` (default: all) applied where safe.
+
+    A larger ``steps`` extends the run; ``threads``, ``log_every`` and ``checkpoint_every`` may
+    change; any other differing key (or a smaller ``steps``) is refused with a message naming it,
+    because the run would no longer be the one that was started.
+    """
+    keys = flat_keys(config_to_dict(requested)) if keys is None else keys
+    changed = [k for k in keys if k not in RESUME_SAFE and get_path(requested, k) != get_path(stored, k)]
+    if requested.steps < stored.steps and "steps" in keys:
+        changed.append("steps")
+    if changed:
+        detail = ", ".join(f"{k}={get_path(requested, k)!r} (the run has {get_path(stored, k)!r})" for k in changed)
+        raise ValueError(f"--resume cannot change {detail}; resume without them, or start a new run "
+                         "(another --out or --seed); only a larger --steps and threads, log_every, "
+                         "checkpoint_every may change")
+    merged = config_from_dict(config_to_dict(stored))
+    for k in keys:
+        if k in RESUME_SAFE:
+            _set_path(merged, k, get_path(requested, k))
+    merged.steps = max(stored.steps, requested.steps) if "steps" in keys else stored.steps
+    validate_config(merged)
+    return merged
+
+
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Raise ValueError naming the first key that is out of range, with what is allowed."""
+    from resel_train.envs import task_info
+
+    def need(ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            raise ValueError(f"config key {key!r} = {get_path(cfg, key)!r} is not allowed: {allowed}")
+
+    def finite(x: Any) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    for key in ("steps", "eval_every", "eval_episodes", "checkpoint_every", "log_every",
+                "algo.batch_size", "algo.policy_delay", "algo.update_every", "model.n_blocks", "model.d_state",
+                "model.d_conv", "model.expand", "model.dt_rank", "model.embed", "model.hidden"):
+        need(get_path(cfg, key) >= 1, key, "an integer >= 1")
+    for key in ("seed", "warmup_steps", "threads"):
+        need(get_path(cfg, key) >= 0, key, "an integer >= 0" + (" (0: torch's default)" if key == "threads" else ""))
+    need(cfg.steps >= cfg.warmup_steps, "steps", f"at least warmup_steps={cfg.warmup_steps} (no update would run)")
+    need(bool(_DEVICE_RE.fullmatch(cfg.device)), "device", "auto, cpu, cuda or cuda:N")
+    need(cfg.model.encoder in ("mamba", "gru", "mlp"), "model.encoder", "mamba, gru or mlp")
+    need(cfg.model.n_critics >= 2, "model.n_critics", "an integer >= 2 (a random pair of heads is used)")
+    for key in ("algo.policy_lr", "algo.critic_lr", "algo.encoder_lr", "algo.alpha_lr"):
+        need(finite(get_path(cfg, key)) and get_path(cfg, key) >= 0, key, "a finite learning rate >= 0")
+    need(finite(cfg.algo.gamma) and 0 < cfg.algo.gamma <= 1, "algo.gamma", "0 < gamma <= 1")
+    need(finite(cfg.algo.tau) and 0 < cfg.algo.tau <= 1, "algo.tau", "0 < tau <= 1")
+    need(finite(cfg.algo.max_log_alpha), "algo.max_log_alpha", "a finite number")
+    need(cfg.algo.target_entropy is None or finite(cfg.algo.target_entropy), "algo.target_entropy",
+         "a finite number, or null for -act_dim")
+    need(cfg.algo.fixed_alpha is None or (finite(cfg.algo.fixed_alpha) and cfg.algo.fixed_alpha >= 0),
+         "algo.fixed_alpha", "a finite number >= 0, or null to learn alpha")
+    episode = task_info(cfg.env).max_episode_steps
+    need(cfg.replay_capacity >= episode, "replay_capacity",
+         f"at least one whole episode of {cfg.env} ({episode} transitions)")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     for key, value in values.items():
+        path = f"{prefix}{key}"
         if isinstance(value, dict):
-            _apply(getattr(_field_owner(obj, key), key), value)
+            _apply(_section(obj, path, key), value, f"{path}.")
         else:
-            _set_path(obj, key, value)
+            _set_path(obj, key, value, path)
 
 
-def _field_owner(obj: Any, path: str) -> Any:
+def _section(obj: Any, path: str, name: str) -> Any:
+    owner = _field_owner(obj, name, path)
+    section = getattr(owner, name)
+    if not dataclasses.is_dataclass(section):
+        raise ValueError(f"config key {path!r} is a value, not a section; set it as {path} = <value>")
+    return section
+
+
+def _field_owner(obj: Any, path: str, full: str | None = None) -> Any:
+    full = full or path
     *parents, name = path.split(".")
     for parent in parents:
+        sections = [f.name for f in dataclasses.fields(obj) if dataclasses.is_dataclass(getattr(obj, f.name))]
+        if parent not in sections:
+            raise ValueError(f"unknown config section {parent!r} in {full!r}; sections: {sections}")
         obj = getattr(obj, parent)
     names = {f.name for f in dataclasses.fields(obj)}
     if name not in names:
-        raise ValueError(f"unknown config key {path!r}; valid keys here: {sorted(names)}")
+        raise ValueError(f"unknown config key {full!r}; valid keys here: {sorted(names)}")
     return obj
 
 
-def _set_path(cfg: Any, path: str, value: Any) -> None:
-    owner = _field_owner(cfg, path)
+_NUMBER = {"int": "an integer", "float": "a number", "bool": "true/false", "str": "a string"}
+
+
+def _set_path(cfg: Any, path: str, value: Any, full: str | None = None) -> None:
+    """Set one field, converting ``value`` to the field's declared type (errors name the key)."""
+    full = full or path
+    owner = _field_owner(cfg, path, full)
     name = path.rsplit(".", 1)[-1]
-    current = getattr(owner, name)
-    if dataclasses.is_dataclass(current):
-        raise ValueError(f"config key {path!r} is a section; set its fields, e.g. {path}.<field>=...")
-    if isinstance(value, str) and isinstance(current, (int, float)) and not isinstance(current, bool):
+    if dataclasses.is_dataclass(getattr(owner, name)):
+        raise ValueError(f"config key {full!r} is a section; set its fields, e.g. {full}.<field>=...")
+    hint = {f.name: f.type for f in dataclasses.fields(owner)}[name].replace(" ", "")
+    optional = hint.endswith("|None")
+    kind = hint.removesuffix("|None")
+    expects = _NUMBER[kind] + (" or null" if optional else "")
+    if value is None:
+        if not optional:
+            raise ValueError(f"config key {full!r} expects {expects}, got null")
+        setattr(owner, name, None)
+        return
+    if kind == "str":
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"config key {full!r} expects {expects}, got {value!r}")
+        setattr(owner, name, str(value))
+        return
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {full!r} expects {expects}, got {value!r}")
+        setattr(owner, name, value)
+        return
+    if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
-            raise ValueError(f"config key {path!r} expects a number, got {value!r}") from None
-    if isinstance(current, bool) or isinstance(value, bool):
-        if not isinstance(value, bool):
-            raise ValueError(f"config key {path!r} expects true/false, got {value!r}")
-    elif isinstance(current, int) and not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"config key {path!r} expects an integer, got {value!r}")
-    elif isinstance(current, float) and isinstance(value, int):
-        value = float(value)
-    setattr(owner, name, value)
+            raise ValueError(f"config key {full!r} expects {expects}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"config key {full!r} expects {expects}, got {value!r}")
+    if kind == "int":
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"config key {full!r} expects {expects}, got {value!r}")
+        value = int(value)
+    setattr(owner, name, float(value) if kind == "float" else value)

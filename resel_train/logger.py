@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
+import math
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
+
+from resel_train.atomic import atomic_write
 
 COLUMNS = (
     "step", "wall_s", "steps_per_s", "episodes", "train_return", "eval_return", "eval_return_std",
@@ -14,19 +18,24 @@ COLUMNS = (
 
 
 class RunLogger:
-    """Appends rows to ``metrics.csv`` (fixed columns, blank when absent) and mirrors them to TensorBoard."""
+    """Appends rows to ``metrics.csv`` (fixed columns, blank when absent) and mirrors them to TensorBoard.
 
-    def __init__(self, run_dir: Path) -> None:
+    ``start_step``: the step the run (re)starts from. Rows after it -- logged by a process that was
+    stopped before its next checkpoint -- are cut first (an atomic rewrite), and TensorBoard purges
+    its events after it, so a resumed run logs each step exactly once.
+    """
+
+    def __init__(self, run_dir: Path, start_step: int = 0) -> None:
         self.csv_path = run_dir / "metrics.csv"
-        new = not self.csv_path.exists()
+        cut_metrics(self.csv_path, start_step)
         self._file = self.csv_path.open("a", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            self._csv.writeheader()
-        self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+        self._tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start_step + 1)
 
-    def log(self, row: dict[str, float]) -> None:
-        self._csv.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+    def log(self, row: dict) -> None:
+        """Write one row; values may be floats, ints, None or 0-d tensors (read here, once per row)."""
+        row = {k: (None if v is None else float(v)) for k, v in row.items()}
+        self._csv.writerow({k: ("" if row.get(k) is None else _cell(k, row[k])) for k in COLUMNS})
         self._file.flush()
         for key, value in row.items():
             if key != "step" and value is not None:
@@ -35,6 +44,29 @@ class RunLogger:
     def close(self) -> None:
         self._file.close()
         self._tb.close()
+
+
+def _cell(key: str, value: float) -> float | int:
+    return int(value) if key in ("step", "episodes") else value
+
+
+def cut_metrics(path: Path, last_step: int) -> None:
+    """Rewrite ``path`` with the header and only the complete rows up to ``last_step`` (atomically)."""
+    kept = []
+    if path.exists():
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                try:
+                    step = float(row.get("step") or "nan")
+                except ValueError:
+                    continue
+                if math.isfinite(step) and step <= last_step and None not in row.values():
+                    kept.append(row)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(kept)
+    atomic_write(path, buf.getvalue().encode())
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
@@ -56,11 +88,15 @@ def plot_learning_curves(
     import matplotlib.pyplot as plt
     import numpy as np
 
+    tables = {run: read_metrics(run) for runs in groups.values() for run in runs}
+    if not any(metric in row for rows in tables.values() for row in rows):
+        present = sorted({k for rows in tables.values() for row in rows for k in row})
+        raise ValueError(f"no run has values for metric {metric!r}; columns with values: {', '.join(present)}")
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, runs in groups.items():
         curves = []
         for run in runs:
-            rows = [r for r in read_metrics(run) if metric in r]
+            rows = [r for r in tables[run] if metric in r]
             curves.append((np.array([r["step"] for r in rows]), np.array([r[metric] for r in rows])))
         length = min(len(x) for x, _ in curves)
         if length == 0:

@@ -1,15 +1,22 @@
 """The training loop: collect -> store whole trajectories -> update -> evaluate -> checkpoint.
 
 A run lives in one folder: ``checkpoint.pt`` (networks, optimisers, alpha, counters, RNG states,
-resolved config), ``replay.pt`` (the replay buffer, so a resumed run continues exactly),
-``config.yaml``, ``metrics.csv`` and TensorBoard events under ``tb/``. A resumed run starts a
-fresh episode: the episode in progress at checkpoint time was never stored (only whole
-trajectories enter the replay).
+resolved config) and the ``replay-<step>.pt`` it names (the replay buffer, so a resumed run
+continues exactly) -- one unit, replaced atomically (see checkpoint.py) -- plus ``config.yaml``,
+``metrics.csv``, TensorBoard events under ``tb/`` and ``run.lock`` (held by the process training
+in it). A resumed run starts a fresh episode: the episode in progress at checkpoint time was never
+stored (only whole trajectories enter the replay).
+
+SIGINT and SIGTERM finish the current step, save and raise :class:`TrainingInterrupted`; a
+non-finite loss, gradient norm or parameter raises :class:`~resel_train.guard.TrainingDiverged`
+without saving over the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -20,23 +27,43 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from resel_train.algo import RESeL
+from resel_train.atomic import atomic_write
 from resel_train.buffer import Batch, TrajectoryBuffer
-from resel_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from resel_train.config import TrainConfig, config_from_dict, config_to_dict
+from resel_train.checkpoint import (
+    CHECKPOINT,
+    load_checkpoint,
+    load_replay,
+    referenced_replay,
+    remove_unreferenced,
+    save_run_state,
+)
+from resel_train.config import TrainConfig, config_from_dict, config_to_dict, resume_config, validate_config
 from resel_train.envs import make_env, task_info
 from resel_train.graphed_update import GraphedUpdate
+from resel_train.guard import DivergenceGuard, TrainingDiverged
 from resel_train.logger import RunLogger
 from resel_train.nets.policy import Policy, sample_squashed
+from resel_train.runlock import RunLock
 
-CHECKPOINT = "checkpoint.pt"
-REPLAY = "replay.pt"
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training after a save; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, signum: int, checkpoint: Path, step: int) -> None:
+        self.signum, self.checkpoint, self.step = signum, checkpoint, step
+        self.exit_code = 128 + signum
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: saved {checkpoint}")
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+        index = torch.device(name).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s) (cuda:0 ...)")
     return torch.device(name)
 
 
@@ -143,20 +170,37 @@ class Prefetch:
 class Trainer:
     """Owns the env, the agent, the replay and the run folder for one training run."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = False,
+                 requested_keys: list[str] | None = None) -> None:
+        """``requested_keys``: on resume, the config keys the caller set explicitly (the CLI's flags,
+        ``--set`` and file keys); they must match the run's or be safe to change (see
+        :func:`~resel_train.config.resume_config`). None compares every key of ``cfg``."""
+        if not resume:
+            validate_config(cfg)
         self.run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg)
         ckpt_path = self.run_dir / CHECKPOINT
+        if resume and not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.run_dir}; start without --resume")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.run_dir).acquire()  # before reading anything: a second process stops here
+        try:
+            self._open(cfg, resume, requested_keys)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, cfg: TrainConfig, resume: bool, requested_keys: list[str] | None) -> None:
+        ckpt_path = self.run_dir / CHECKPOINT
         if resume:
-            if not ckpt_path.exists():
-                raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {self.run_dir}; start without --resume")
             saved = load_checkpoint(ckpt_path)
-            stored = config_from_dict(saved["config"])
-            stored.steps = max(stored.steps, cfg.steps)  # a resume may extend the budget
-            cfg = stored
+            remove_unreferenced(self.run_dir, keep=referenced_replay(saved))
+            cfg = resume_config(config_from_dict(saved["config"]), cfg, requested_keys)
         elif ckpt_path.exists():
             raise FileExistsError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it or choose another --out"
             )
+        else:
+            remove_unreferenced(self.run_dir, keep=None)  # what a killed first save left
         self.cfg = cfg
         info = task_info(cfg.env)
         if info.discrete:
@@ -187,10 +231,16 @@ class Trainer:
         self.recent_returns: deque[float] = deque(maxlen=10)
         self.last_eval: float | None = None
         self.last_eval_std: float | None = None
+        self.guard = DivergenceGuard(
+            {"policy": self.agent.policy, "critic": self.agent.critic, "critic_target": self.agent.critic_target},
+            {"log_alpha": self.agent.log_alpha},
+        )
+        self.saved_step: int | None = None  # env_steps of the unit on disk
+        self._wall_base, self._clock = 0.0, None  # wall time of earlier processes; perf_counter at train()
+        self._stop_signal: int | None = None
         if resume:
             self._restore(saved)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
 
     # ---- model description for deployment -------------------------------------------------------
     def model_spec(self) -> dict:
@@ -207,41 +257,66 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------
     def train(self, show_progress: bool = True) -> dict[str, float]:
+        """Train to ``cfg.steps``; releases the run folder's lock when it returns or raises."""
+        try:
+            with _StopOnSignals(self):
+                return self._train(show_progress)
+        finally:
+            self.lock.release()
+
+    def _train(self, show_progress: bool) -> dict[str, float]:
         cfg = self.cfg
-        logger = RunLogger(self.run_dir)
+        logger = RunLogger(self.run_dir, start_step=self.env_steps)
         runner = PolicyRunner(self.agent.policy, self.device)
         obs, _ = self.env.reset(seed=cfg.seed + self.episodes)
         episode = EpisodeRecorder(obs.astype(np.float32), self.act_dim)
         metrics: dict[str, torch.Tensor] = {}  # the latest value of each, read only when logged
         start_time, start_steps = time.perf_counter(), self.env_steps
+        self._clock = start_time
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"), disable=not show_progress, transient=False,
         )
-        with progress:
-            bar = progress.add_task(f"{cfg.env} ({cfg.model.encoder})", total=cfg.steps, completed=self.env_steps,
-                                    status="")
-            while self.env_steps < cfg.steps:
-                obs = self._env_step(episode, runner)
-                if obs is not None:  # episode ended
-                    episode = EpisodeRecorder(obs, self.act_dim)
-                    runner.reset()
-                if (self.env_steps > cfg.warmup_steps and self.buffer.num_trajectories
-                        and self.env_steps % cfg.algo.update_every == 0):
-                    metrics.update(self.update_once())
-                evaluate = self.env_steps % cfg.eval_every == 0 or self.env_steps == cfg.steps
-                if evaluate:
-                    self.last_eval = self.evaluate()
-                if evaluate or self.env_steps % cfg.log_every == 0:
-                    rate = (self.env_steps - start_steps) / (time.perf_counter() - start_time)
-                    self._log(logger, metrics, rate, start_time, evaluate)
-                    progress.update(bar, status=self._status(rate))
-                if self.env_steps % cfg.checkpoint_every == 0:
-                    self.save()
-                progress.update(bar, completed=self.env_steps)
-        self.save()
-        logger.close()
+        try:
+            with progress:
+                bar = progress.add_task(f"{cfg.env} ({cfg.model.encoder})", total=cfg.steps,
+                                        completed=self.env_steps, status="")
+                while self.env_steps < cfg.steps and self._stop_signal is None:
+                    obs = self._env_step(episode, runner)
+                    if obs is not None:  # episode ended
+                        episode = EpisodeRecorder(obs, self.act_dim)
+                        runner.reset()
+                    if (self.env_steps > cfg.warmup_steps and self.buffer.num_trajectories
+                            and self.env_steps % cfg.algo.update_every == 0):
+                        metrics.update(self.update_once())
+                        self.guard.observe(self.env_steps, metrics)
+                    evaluate = self.env_steps % cfg.eval_every == 0 or self.env_steps == cfg.steps
+                    if evaluate or self.env_steps % cfg.log_every == 0:
+                        self.guard.check(self.env_steps)
+                    if evaluate:
+                        self.last_eval = self.evaluate()
+                    if evaluate or self.env_steps % cfg.log_every == 0:
+                        rate = (self.env_steps - start_steps) / (time.perf_counter() - start_time)
+                        self._log(logger, metrics, rate, start_time, evaluate)
+                        progress.update(bar, status=self._status(rate))
+                    if self.env_steps % cfg.checkpoint_every == 0:
+                        self.save()
+                    progress.update(bar, completed=self.env_steps)
+        except TrainingDiverged:
+            raise
+        except Exception:
+            self.guard.check(self.env_steps)  # a NaN that crashed the loop is reported as the divergence it is
+            raise
+        finally:
+            logger.close()
+        path = self.save()
+        if self._stop_signal is not None:
+            raise TrainingInterrupted(self._stop_signal, path, self.env_steps)
         return {"env_steps": self.env_steps, "eval_return": self.last_eval, **metrics_to_floats(metrics)}
+
+    def wall_time(self) -> float:
+        """Seconds of training over all processes of this run (continues across resumes)."""
+        return self._wall_base + (time.perf_counter() - self._clock if self._clock is not None else 0.0)
 
     def _env_step(self, episode: EpisodeRecorder, runner: PolicyRunner) -> np.ndarray | None:
         """One environment step; returns the first observation of a new episode when one ended."""
@@ -309,7 +384,7 @@ class Trainer:
     def _log(self, logger: RunLogger, metrics: dict[str, torch.Tensor], rate: float, start_time: float,
              evaluated: bool) -> None:
         logger.log({
-            "step": self.env_steps, "wall_s": round(time.perf_counter() - start_time, 2), "steps_per_s": rate,
+            "step": self.env_steps, "wall_s": round(self.wall_time(), 2), "steps_per_s": rate,
             "episodes": self.episodes,
             "train_return": float(np.mean(self.recent_returns)) if self.recent_returns else None,
             "eval_return": self.last_eval if evaluated else None,
@@ -319,11 +394,16 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save(self) -> Path:
-        """Replay first, then the checkpoint that names its step: a crash between leaves the old pair usable."""
+        """Replace the run's checkpoint + replay unit atomically (see checkpoint.py); refuses a diverged state.
+
+        A step already on disk is not written again (nothing changes between saves at one step).
+        """
+        self.guard.check(self.env_steps)
+        if self.saved_step == self.env_steps:
+            return self.run_dir / CHECKPOINT
         replay = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
                   for k, v in self.prefetch.replay_state(self.buffer).items()}
-        save_checkpoint(self.run_dir / REPLAY, {"replay": replay, "env_steps": self.env_steps})
-        save_checkpoint(self.run_dir / CHECKPOINT, {
+        path = save_run_state(self.run_dir, {
             "model": self.model_spec(),
             "config": config_to_dict(self.cfg),
             "policy": self.agent.policy.state_dict(),
@@ -331,21 +411,17 @@ class Trainer:
             "critic_target": self.agent.critic_target.state_dict(),
             "log_alpha": self.agent.log_alpha.detach().cpu(),
             "training": self.agent.training_state(),
-            "counters": {"env_steps": self.env_steps, "episodes": self.episodes},
+            "counters": {"env_steps": self.env_steps, "episodes": self.episodes, "wall_s": self.wall_time()},
             "rng": {
                 "torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state,
                 "python": random.getstate(), "collect": self.collect_generator.get_state(),
             },
-        })
-        return self.run_dir / CHECKPOINT
+        }, {"replay": replay}, self.env_steps)
+        self.saved_step = self.env_steps
+        return path
 
     def _restore(self, saved: dict) -> None:
-        replay = load_checkpoint(self.run_dir / REPLAY)
-        if replay["env_steps"] != saved["counters"]["env_steps"]:
-            raise CheckpointError(
-                f"{self.run_dir / REPLAY} is from step {replay['env_steps']} but the checkpoint is from step "
-                f"{saved['counters']['env_steps']}; the run folder was modified by hand"
-            )
+        replay = load_replay(self.run_dir, saved)
         self.agent.policy.load_state_dict(saved["policy"])
         self.agent.critic.load_state_dict(saved["critic"])
         self.agent.critic_target.load_state_dict(saved["critic_target"])
@@ -355,7 +431,36 @@ class Trainer:
         self.buffer.load_state_dict(replay["replay"])
         self.env_steps = int(saved["counters"]["env_steps"])
         self.episodes = int(saved["counters"]["episodes"])
+        self._wall_base = float(saved["counters"].get("wall_s", 0.0))
+        self.saved_step = self.env_steps
         torch.set_rng_state(saved["rng"]["torch"])
         self.rng.bit_generator.state = saved["rng"]["numpy"]
         random.setstate(saved["rng"]["python"])
         self.collect_generator.set_state(saved["rng"]["collect"])
+
+
+class _StopOnSignals:
+    """While training: the first SIGINT/SIGTERM asks the loop to stop after its current step and save;
+    a second one stops the process at once (saves are atomic, so that loses at most that last save).
+    Only installed from the main thread (Python delivers signals there)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.trainer._stop_signal is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        self.trainer._stop_signal = signum
+
+    def __enter__(self) -> _StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
