@@ -209,6 +209,8 @@ def sweep(
         result = run_sweep(out, grid, options, console)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(code=130) from None
     if result.failed:
         raise typer.Exit(code=1)
 

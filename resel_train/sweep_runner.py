@@ -156,29 +156,32 @@ def _connect(options: SweepOptions) -> bool:
     if ray.is_initialized():
         return False
     if options.address is None:
-        ray.init(num_cpus=options.num_cpus, include_dashboard=False, runtime_env=_runtime_env(),
-                 log_to_driver=True)
+        ray.init(num_cpus=options.num_cpus, include_dashboard=False, runtime_env=_runtime_env())
     else:
         ray.init(address=options.address, runtime_env=_runtime_env())
     return True
 
 
-def _check_resources(options: SweepOptions) -> None:
-    """A trial asking for more than any node has would wait forever: say so instead."""
+def _check_resources(options: SweepOptions, console: Console) -> None:
+    """A trial asking for more than any node has would wait forever: an error locally, a warning on a
+    cluster (an autoscaler may still add a node that fits)."""
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     best_cpu = max((r.get("CPU", 0.0) for r in nodes), default=0.0)
     best_gpu = max((r.get("GPU", 0.0) for r in nodes), default=0.0)
-    if options.cpus_per_trial > best_cpu or options.gpus_per_trial > best_gpu:
-        raise ValueError(f"a trial asks for {options.cpus_per_trial} CPUs and {options.gpus_per_trial} GPUs but the "
-                         f"largest node has {best_cpu:g} CPUs and {best_gpu:g} GPUs; lower --cpus-per-trial / "
-                         "--gpus-per-trial")
+    if options.cpus_per_trial <= best_cpu and options.gpus_per_trial <= best_gpu:
+        return
+    message = (f"a trial asks for {options.cpus_per_trial:g} CPUs and {options.gpus_per_trial:g} GPUs but the largest "
+               f"node has {best_cpu:g} CPUs and {best_gpu:g} GPUs; lower --cpus-per-trial / --gpus-per-trial")
+    if options.address is None:
+        raise ValueError(message)
+    console.print(f"[yellow]warning[/]: {escape(message)}; trials wait until such a node joins")
 
 
 def _execute(todo: list[Trial], manifest: Manifest, sweep_dir: Path, options: SweepOptions, console: Console,
              result: SweepResult) -> None:
     started_ray = _connect(options)
     try:
-        _check_resources(options)
+        _check_resources(options, console)
         board = ProgressBoard.remote()
         resources = dict(num_cpus=options.cpus_per_trial, num_gpus=options.gpus_per_trial,
                          max_retries=options.max_retries, retry_exceptions=False)
@@ -201,7 +204,7 @@ def _execute(todo: list[Trial], manifest: Manifest, sweep_dir: Path, options: Sw
                         manifest.save(sweep_dir)
         except KeyboardInterrupt:
             for ref, trial in pending.items():
-                ray.cancel(ref, force=True)
+                ray.cancel(ref)
                 manifest.trials[trial.id].status = "interrupted"
             manifest.save(sweep_dir)
             console.print("interrupted: the trials keep their checkpoints; run the same command again to resume")
@@ -217,9 +220,7 @@ def _collect(ref: Any, trial: Trial, manifest: Manifest, sweep_dir: Path, displa
     try:
         out = ray.get(ref)
     except RayTaskError as exc:
-        cause = exc.cause if exc.cause is not None else exc
-        _fail(rec, f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}",
-              str(exc))
+        _fail(rec, _error_line(exc), str(exc))
         result.failed.append(trial.id)
         display.event(f"[red]failed[/] {escape(trial.id)}: {escape(rec.error)}")
     except RayError as exc:  # the worker or node died more often than --max-retries
@@ -238,6 +239,15 @@ def _collect(ref: Any, trial: Trial, manifest: Manifest, sweep_dir: Path, displa
             display.event(f"[yellow]warning[/]: {sweep_dir / rec.run} is not visible here; put the sweep folder on a "
                           "filesystem shared by all nodes, or resumes and `resel report` will not see the runs")
     manifest.save(sweep_dir)
+
+
+def _error_line(exc: RayTaskError) -> str:
+    """``Type: message`` of the exception the trial raised (the traceback goes to the manifest)."""
+    cause = exc.cause
+    if cause is None or isinstance(cause, RayError):  # not deserialisable here: the traceback's last line
+        return str(exc).strip().splitlines()[-1]
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
 
 
 def _fmt(value: float | None) -> str:

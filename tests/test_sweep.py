@@ -7,6 +7,7 @@ all four must finish, the report must count them, and a third start must skip th
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -20,9 +21,11 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from resel_train.checkpoint import CheckpointError, load_checkpoint
+from resel_train.report import markdown_table, write_report
+from resel_train.sweep import SweepGrid, plan_trials
 from tests.test_cli import TINY
 
-ray = pytest.importorskip("ray")
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray not installed: pip install -e ".[ray]"')
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -69,6 +72,7 @@ def kill_after_first_checkpoint(out: Path, run: str) -> int:
     return checkpoint_steps(out / run)
 
 
+@needs_ray
 def test_sweep_kill_resume_report_skip(tmp_path):
     out = tmp_path / "sweep"
     killed_at = kill_after_first_checkpoint(out, "Pendulum-V_mamba_s0")
@@ -104,6 +108,7 @@ def test_sweep_kill_resume_report_skip(tmp_path):
     assert mtimes == {run: (out / run / "checkpoint.pt").stat().st_mtime_ns for run in RUNS}
 
 
+@needs_ray
 def test_failed_trial_is_listed_and_retried_alone(tmp_path):
     out = tmp_path / "sweep"
     base = ["sweep", "--out", str(out), "--envs", "Pendulum-V", "--seeds", "2", "--steps", "150", "--num-cpus", "2",
@@ -121,6 +126,7 @@ def test_failed_trial_is_listed_and_retried_alone(tmp_path):
     assert "is not a trial of this sweep" in text
 
 
+@needs_ray
 def test_worker_error_is_reported(tmp_path):
     out = tmp_path / "sweep"
     text = invoke("sweep", "--out", str(out), "--envs", "Pendulum-V", "--seeds", "1", "--steps", "150",
@@ -134,3 +140,26 @@ def test_sweep_without_ray_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "resel_train.sweep_runner", raising=False)
     text = invoke("sweep", "--envs", "Pendulum-V", "--seeds", "1", code=2)
     assert 'pip install "resel[ray]"' in text
+
+
+def test_trial_threads_follow_cpus_per_trial(tmp_path):
+    grid = SweepGrid(["Pendulum-V"], 1)
+    assert [plan_trials(grid, tmp_path, c)[0].config.threads for c in (0.5, 1, 2, 3.5)] == [1, 1, 2, 3]
+
+
+def test_report_keeps_the_rows_logged_after_a_resume(tmp_path):
+    """Two seeds; seed 1 was resumed from step 200 after logging up to 300, so its first 300 row is stale."""
+    logs = {0: [(100, -900), (200, -800), (300, -700), (400, -600)],
+            1: [(100, -1000), (200, -900), (300, -5000), (200, -900), (300, -500), (400, -400)]}
+    for seed, rows in logs.items():
+        run = tmp_path / f"Hopper_mamba_s{seed}"
+        run.mkdir()
+        (run / "config.yaml").write_text(f"env: Hopper\nseed: {seed}\nsteps: 400\nmodel: {{encoder: mamba}}\n")
+        (run / "metrics.csv").write_text("step,eval_return\n" + "".join(f"{s},{r}\n" for s, r in rows))
+    report = write_report(tmp_path, [250, 300, 1000])
+    assert report.finished == 2
+    assert report.cells[("Hopper", "mamba", 250)].mean == pytest.approx(-850)  # last eval at or below 250
+    cell = report.cells[("Hopper", "mamba", 300)]
+    assert (cell.n, cell.mean, cell.se) == (2, pytest.approx(-600), pytest.approx(100))  # not the stale -5000
+    assert ("Hopper", "mamba", 1000) not in report.cells  # no run got that far
+    assert "4400 @ 5M" in markdown_table(report)
