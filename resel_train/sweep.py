@@ -121,6 +121,8 @@ def plan_trials(grid: SweepGrid, sweep_dir: Path, cpus_per_trial: float = 1.0) -
         raise ValueError("--seeds must be at least 1")
     if not grid.envs:
         raise ValueError("--envs names no task")
+    if cpus_per_trial <= 0:
+        raise ValueError("--cpus-per-trial must be positive (0 would let Ray start any number of trials per node)")
     threads = max(1, int(cpus_per_trial))
     trials = []
     for env in grid.envs:

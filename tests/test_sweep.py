@@ -145,6 +145,8 @@ def test_sweep_without_ray_names_the_extra(monkeypatch):
 def test_trial_threads_follow_cpus_per_trial(tmp_path):
     grid = SweepGrid(["Pendulum-V"], 1)
     assert [plan_trials(grid, tmp_path, c)[0].config.threads for c in (0.5, 1, 2, 3.5)] == [1, 1, 2, 3]
+    with pytest.raises(ValueError, match="cpus-per-trial"):
+        plan_trials(grid, tmp_path, 0)
 
 
 def test_report_keeps_the_rows_logged_after_a_resume(tmp_path):
