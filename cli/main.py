@@ -243,5 +243,64 @@ def plot(
     console.print(f"wrote {plot_learning_curves(groups, out, metric, title)}")
 
 
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+@app.command()
+def sweep(
+    envs: Annotated[Optional[str], typer.Option(help="Task ids, comma-separated (default: the manifest's grid).")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds per task and encoder: 0 .. N-1.")] = None,
+    out: Annotated[Path, typer.Option(help="Sweep folder: a run folder per trial and sweep.json.")] = Path("runs/sweep"),
+    preset: Annotated[str, typer.Option(help="auto (each task's family preset) or a preset name, e.g. cpu.")] = "auto",
+    steps: Annotated[Optional[int], typer.Option(help="Environment steps per trial (default: each preset's).")] = None,
+    encoders: Annotated[str, typer.Option(help="Context encoders, comma-separated.")] = "mamba",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any field in every trial.")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster: auto or ray://HOST:PORT (default: local).")] = None,
+    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of the local Ray instance (default: all).")] = None,
+    cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial; torch threads follow it.")] = 1.0,
+    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial; fractions share a GPU, e.g. 0.25.")] = 0.0,
+    max_retries: Annotated[int, typer.Option(help="Re-runs of a trial whose worker or node died.")] = 2,
+    only: Annotated[Optional[list[str]], typer.Option(help="Run only this trial, ENV/encoder/seed (repeatable).")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="Run only the trials that failed last time.")] = False,
+) -> None:
+    """Run a task x encoder x seed grid on Ray; rerun the same command to resume (finished trials are skipped)."""
+    try:
+        from resel_train.sweep import SweepGrid
+        from resel_train.sweep_runner import SweepOptions, run_sweep
+
+        if (envs is None) != (seeds is None):
+            raise ValueError("give --envs and --seeds together (or neither, to reuse the sweep's manifest)")
+        grid = None if envs is None else SweepGrid(_csv(envs), seeds, _csv(encoders), preset, steps, set_ or [])
+        options = SweepOptions(address, num_cpus, cpus_per_trial, gpus_per_trial, max_retries, only or [], retry_failed)
+        result = run_sweep(out, grid, options, console)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(code=130) from None
+    if result.failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def report(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep folder (or any folder of run folders).")],
+    steps: Annotated[Optional[str], typer.Option(help="Step counts for the table, comma-separated "
+                                                      "(default: the trials' targets).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: SWEEP_DIR/report).")] = None,
+) -> None:
+    """Mean ± standard error over seeds at chosen steps beside the paper's numbers; one learning-curve PNG per task."""
+    from resel_train.report import markdown_table, write_report
+
+    try:
+        at = [int(float(s)) for s in _csv(steps)] if steps else None
+        result = write_report(sweep_dir, at, out)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    console.print(f"{len(result.runs)} runs ({result.finished} finished) over {len({r.env for r in result.runs})} tasks")
+    console.print(markdown_table(result), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {result.markdown}, {result.csv} and {len(result.plots)} plots")
+
+
 if __name__ == "__main__":
     app()

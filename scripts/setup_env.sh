@@ -12,10 +12,10 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # The CPU wheel first: with torch already satisfied, nothing below can pull a multi-GB CUDA build.
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
-# Extras: simulators, ONNX export/runtime, test tools, and triton (its kernels are tested on the CPU
-# in Triton's interpreter). No package here needs a GPU.
+# Extras: simulators, ONNX export/runtime, test tools, triton (its kernels are tested on the CPU
+# in Triton's interpreter) and ray (`resel sweep`). No package here needs a GPU.
 # Reinstall only when the project's dependencies changed since the last install.
 if [ ! -f .venv/.resel-installed ] || [ pyproject.toml -nt .venv/.resel-installed ]; then
-  pip install -q -e ".[sim,onnx,dev,triton]"
+  pip install -q -e ".[sim,onnx,dev,triton,ray]"
   touch .venv/.resel-installed
 fi

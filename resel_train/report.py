@@ -1,0 +1,226 @@
+"""`resel report`: a sweep's results as mean +- standard error over seeds, beside the paper's numbers.
+
+Every run folder under the sweep folder describes itself (config.yaml, metrics.csv), so the report
+needs no Ray and also works on a folder of plain `resel train` runs. Finished and still-running runs
+both count; a run contributes at step S once it has logged past S, with its last evaluation at or
+below S.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from resel_train.logger import read_metrics
+from resel_train.paper_results import PAPER_RESULTS
+from resel_train.sweep import Manifest
+
+
+@dataclass
+class RunCurve:
+    env: str
+    encoder: str
+    seed: int
+    target_steps: int
+    last_step: int  # last logged environment step
+    steps: np.ndarray  # evaluation steps
+    returns: np.ndarray  # eval_return at those steps
+
+    @property
+    def finished(self) -> bool:
+        return self.last_step >= self.target_steps
+
+    def value_at(self, step: int) -> float | None:
+        """The last evaluation at or below ``step``, once the run has got that far."""
+        if self.last_step < step or not len(self.steps) or self.steps[0] > step:
+            return None
+        return float(self.returns[np.searchsorted(self.steps, step, side="right") - 1])
+
+
+@dataclass
+class Cell:
+    n: int
+    mean: float
+    se: float | None  # None with a single seed
+
+
+@dataclass
+class Report:
+    runs: list[RunCurve]
+    steps: list[int]
+    cells: dict[tuple[str, str, int], Cell]  # (env, encoder, step) -> cell
+    markdown: Path
+    csv: Path
+    plots: list[Path] = field(default_factory=list)
+    failed: int = 0  # trials the manifest lists as failed
+
+    @property
+    def finished(self) -> int:
+        return sum(r.finished for r in self.runs)
+
+
+def load_run(run_dir: Path) -> RunCurve | None:
+    """A run folder's evaluation curve; None while it has logged nothing yet."""
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    try:
+        rows = _latest_rows(read_metrics(run_dir))
+    except FileNotFoundError:
+        return None
+    if not rows:
+        return None
+    evals = [r for r in rows if "eval_return" in r]
+    return RunCurve(cfg["env"], cfg["model"]["encoder"], int(cfg["seed"]), int(cfg["steps"]), int(rows[-1]["step"]),
+                    np.array([int(r["step"]) for r in evals]), np.array([r["eval_return"] for r in evals]))
+
+
+def _latest_rows(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Drop rows a resumed run logged again: after a restart from an earlier checkpoint the later rows win."""
+    kept: list[dict[str, float]] = []
+    for row in rows:
+        while kept and kept[-1]["step"] >= row["step"]:
+            kept.pop()
+        kept.append(row)
+    return kept
+
+
+def find_runs(sweep_dir: Path) -> list[RunCurve]:
+    runs = (load_run(p.parent) for p in sorted(Path(sweep_dir).glob("*/config.yaml")))
+    return sorted((r for r in runs if r is not None), key=lambda r: (r.env, r.encoder, r.seed))
+
+
+def aggregate(runs: list[RunCurve], steps: list[int]) -> dict[tuple[str, str, int], Cell]:
+    cells = {}
+    for (env, encoder), members in _groups(runs).items():
+        for step in steps:
+            values = [v for v in (r.value_at(step) for r in members) if v is not None]
+            if values:
+                se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+                cells[(env, encoder, step)] = Cell(len(values), float(np.mean(values)), se)
+    return cells
+
+
+def write_report(sweep_dir: str | Path, steps: list[int] | None = None, out: str | Path | None = None) -> Report:
+    """Write report.md, report.csv and one <task>.png per task into ``out`` (default SWEEP_DIR/report)."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"no sweep folder {sweep_dir}")
+    runs = find_runs(sweep_dir)
+    if not runs:
+        raise FileNotFoundError(f"no run in {sweep_dir} has logged anything yet (looked for */config.yaml, metrics.csv)")
+    steps = sorted(set(steps or (r.target_steps for r in runs)))
+    out = Path(out) if out is not None else sweep_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest.load(sweep_dir)
+    failed = sum(rec.status == "failed" for rec in manifest.trials.values()) if manifest else 0
+    cells = aggregate(runs, steps)
+    report = Report(runs, steps, cells, out / "report.md", out / "report.csv", failed=failed)
+    _write_csv(report)
+    _write_markdown(report, sweep_dir)
+    for env in sorted({r.env for r in runs}):
+        report.plots.append(plot_task(env, [r for r in runs if r.env == env], out / f"{env}.png"))
+    return report
+
+
+def _groups(runs: list[RunCurve]) -> dict[tuple[str, str], list[RunCurve]]:
+    groups: dict[tuple[str, str], list[RunCurve]] = {}
+    for run in runs:
+        groups.setdefault((run.env, run.encoder), []).append(run)
+    return groups
+
+
+def _write_csv(report: Report) -> None:
+    with report.csv.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["task", "encoder", "step", "n", "mean", "se", "runs", "finished", "paper_resel",
+                         "paper_steps"])
+        for (env, encoder), members in _groups(report.runs).items():
+            paper = PAPER_RESULTS.get(env)
+            for step in report.steps:
+                cell = report.cells.get((env, encoder, step))
+                writer.writerow([env, encoder, step, cell.n if cell else 0, cell.mean if cell else "",
+                                 "" if cell is None or cell.se is None else cell.se, len(members),
+                                 sum(r.finished for r in members), paper.resel if paper else "",
+                                 paper.steps if paper else ""])
+
+
+def _fmt_cell(cell: Cell | None) -> str:
+    if cell is None:
+        return "-"
+    spread = f" ± {cell.se:.1f}" if cell.se is not None else ""
+    return f"{cell.mean:.1f}{spread} (n={cell.n})"
+
+
+def _fmt_steps(steps: int) -> str:
+    return f"{steps / 1e6:g}M" if steps >= 1_000_000 else f"{steps / 1e3:g}k" if steps >= 1000 else str(steps)
+
+
+def markdown_table(report: Report) -> str:
+    """The results table: one row per task and encoder, one column per step, then the paper's number."""
+    lines = [
+        "| task | encoder | runs | " + " | ".join(f"step {_fmt_steps(s)}" for s in report.steps) + " | paper (RESeL) |",
+        "|---|---|---|" + "---|" * len(report.steps) + "---|",
+    ]
+    for (env, encoder), members in _groups(report.runs).items():
+        paper = PAPER_RESULTS.get(env)
+        cells = " | ".join(_fmt_cell(report.cells.get((env, encoder, s))) for s in report.steps)
+        ref = f"{paper.resel:g} @ {_fmt_steps(paper.steps)}" if paper else "-"
+        lines.append(f"| {env} | {encoder} | {len(members)} ({sum(r.finished for r in members)} finished) | {cells} "
+                     f"| {ref} |")
+    return "\n".join(lines)
+
+
+def _write_markdown(report: Report, sweep_dir: Path) -> None:
+    runs, envs = report.runs, sorted({r.env for r in report.runs})
+    failed = f"; {report.failed} failed trials" if report.failed else ""
+    report.markdown.write_text("\n".join([
+        f"# Sweep report: {sweep_dir.resolve()}", "",
+        f"{len(runs)} runs ({report.finished} finished, {len(runs) - report.finished} running) over {len(envs)} "
+        f"tasks{failed}.",
+        "Cells: mean ± standard error of eval_return over seeds (n seeds) at each step (the last evaluation at or "
+        "below it). Paper: RESeL's final return at the paper's step budget (SPEC §4).", "",
+        markdown_table(report), "",
+        "Learning curves: " + ", ".join(f"[{e}]({e}.png)" for e in envs), "",
+    ]))
+
+
+def plot_task(env: str, runs: list[RunCurve], out: Path) -> Path:
+    """One line per encoder: mean over seeds with a ± standard-error band, on the steps all seeds reached."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for (_, encoder), members in sorted(_groups(runs).items()):
+        members = [r for r in members if len(r.steps)]
+        if not members:
+            continue
+        reach = min(r.last_step for r in members)
+        grid = sorted({int(s) for r in members for s in r.steps if s <= reach})
+        points = [(s, [r.value_at(s) for r in members]) for s in grid]
+        points = [(s, v) for s, v in points if None not in v]
+        if not points:
+            continue
+        x, arr = [s for s, _ in points], np.array([v for _, v in points], dtype=float)
+        mean = arr.mean(1)
+        ax.plot(x, mean, label=f"{encoder} (n={len(members)})")
+        if len(members) > 1:
+            se = arr.std(1, ddof=1) / math.sqrt(len(members))
+            ax.fill_between(x, mean - se, mean + se, alpha=0.2)
+    paper = PAPER_RESULTS.get(env)
+    if paper:
+        ax.axhline(paper.resel, color="k", ls="--", lw=1, label=f"paper RESeL @ {_fmt_steps(paper.steps)}")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("eval return (mean ± s.e. over seeds)")
+    ax.set_title(env)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
