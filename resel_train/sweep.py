@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from resel_train.atomic import atomic_write
-from resel_train.checkpoint import load_checkpoint
+from resel_train.checkpoint import load_checkpoint, remove_unreferenced
 from resel_train.config import TrainConfig, config_from_dict, resolve_config
-from resel_train.trainer import CHECKPOINT, REPLAY, Trainer, run_dir_for
+from resel_train.trainer import CHECKPOINT, Trainer, run_dir_for
 
 MANIFEST = "sweep.json"
 MANIFEST_FORMAT = "resel-sweep"
@@ -147,8 +147,10 @@ def trial_state(run_dir: Path, target_steps: int) -> TrialState:
 def discard_partial(run_dir: Path) -> None:
     """Remove the logs of a start that died before its first checkpoint: they cannot be continued."""
     run_dir = Path(run_dir)
-    for name in ("metrics.csv", "config.yaml", REPLAY):
+    for name in ("metrics.csv", "config.yaml"):
         (run_dir / name).unlink(missing_ok=True)
+    if run_dir.is_dir():
+        remove_unreferenced(run_dir, keep=None)  # replay files and temp files of killed writes
     shutil.rmtree(run_dir / "tb", ignore_errors=True)
 
 

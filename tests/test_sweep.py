@@ -111,7 +111,7 @@ def test_sweep_kill_resume_report_skip(tmp_path):
 @needs_ray
 def test_failed_trial_is_listed_and_retried_alone(tmp_path):
     out = tmp_path / "sweep"
-    base = ["sweep", "--out", str(out), "--envs", "Pendulum-V", "--seeds", "2", "--steps", "150", "--num-cpus", "2",
+    base = ["sweep", "--out", str(out), "--envs", "Pendulum-V", "--seeds", "2", "--steps", "220", "--num-cpus", "2",
             *TINY]
     invoke(*base, "--only", "Pendulum-V/mamba/0")
     (out / "Pendulum-V_mamba_s1").mkdir()
@@ -129,7 +129,7 @@ def test_failed_trial_is_listed_and_retried_alone(tmp_path):
 @needs_ray
 def test_worker_error_is_reported(tmp_path):
     out = tmp_path / "sweep"
-    text = invoke("sweep", "--out", str(out), "--envs", "Pendulum-V", "--seeds", "1", "--steps", "150",
+    text = invoke("sweep", "--out", str(out), "--envs", "Pendulum-V", "--seeds", "1", "--steps", "220",
                   "--num-cpus", "2", "--encoders", "mlp", *TINY, "--set", "replay_capacity=-1", code=1)
     trial = json.loads((out / "sweep.json").read_text())["trials"]["Pendulum-V/mlp/0"]
     assert trial["status"] == "failed" and trial["error"] and trial["error"] in text and trial["traceback"]
