@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -15,7 +16,16 @@ from rich.table import Table
 
 app = typer.Typer(help="RESeL: train recurrent off-policy RL policies and ship them as constant-time controllers.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
-console = Console()
+console = Console(soft_wrap=not sys.stdout.isatty())  # in a pipe, a log or CI: no wrapping at 80 columns
+
+
+def show(renderable: Any) -> None:
+    """Print a table; when not on a terminal, at its natural width so that no row wraps in a log."""
+    if console.is_terminal:
+        console.print(renderable)
+    else:
+        width = console.measure(renderable, options=console.options.update(max_width=10_000)).maximum
+        Console(width=width).print(renderable)
 _options = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_ERROR, EXIT_DIVERGED = 2, 3
@@ -145,7 +155,7 @@ def _rollout(model: Path, env: str | None, episodes: int, backend: str, seed: in
     from resel_deploy.rollout import run_rollouts
 
     report = run_rollouts(model, env, episodes, backend=backend, seed=seed, stochastic=stochastic, device=device)
-    console.print(report.table())
+    show(report.table())
 
 
 @app.command("eval")
@@ -208,7 +218,7 @@ def envs() -> None:
     for info in list_tasks():
         table.add_row(info.id, info.family, "yes" if info.reward_as_input else "", str(info.max_episode_steps),
                       info.description)
-    console.print(table)
+    show(table)
 
 
 @app.command()
@@ -221,7 +231,7 @@ def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint.pt.")]) -
     table = Table("key", "value")
     for key, value in {**data["model"], **data.get("counters", {})}.items():
         table.add_row(key, str(value))
-    console.print(table)
+    show(table)
     console.print(verdict)
 
 

@@ -52,7 +52,6 @@ OPSET = 18
 FORMAT = "resel-stepwise"
 FORMAT_VERSION = 1
 INPUT_NAMES = ("obs", "prev_reward", "is_first", "noise")
-OUTPUT_NAMES = ("action", "action_mean", "action_log_std")
 ORT_INSTALL_HINT = "pip install 'resel[onnx]'  (onnx, onnxruntime, onnxscript)"
 
 

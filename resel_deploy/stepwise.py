@@ -48,8 +48,6 @@ from resel_train.nets.encoders import MambaEncoder
 from resel_train.nets.mamba import Mamba, MambaBlock
 from resel_train.nets.policy import Policy
 
-INPUT_NAMES = ("obs", "prev_reward", "is_first", "noise")
-OUTPUT_NAMES = ("action", "mean", "log_std")
 STATE_IN_PREFIX, STATE_OUT_PREFIX = "state_in.", "state_out."
 
 

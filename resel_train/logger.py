@@ -8,13 +8,35 @@ import math
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 from resel_train.atomic import atomic_write
 
 COLUMNS = (
     "step", "wall_s", "steps_per_s", "episodes", "train_return", "eval_return", "eval_return_std",
-    "critic_loss", "q_mean", "policy_loss", "entropy", "alpha",
+    "critic_loss", "q_mean", "policy_loss", "entropy", "alpha", "critic_grad_norm", "policy_grad_norm",
 )
+# TensorBoard groups (the CSV keeps the plain names): losses, evaluation, throughput; the rest is train/.
+_TB_GROUPS = {"critic_loss": "losses", "policy_loss": "losses", "wall_s": "time", "steps_per_s": "time"}
+
+
+def tb_tag(key: str) -> str:
+    """The grouped TensorBoard tag of a metric: ``losses/critic_loss``, ``eval/return``, ``train/alpha``."""
+    if key.startswith("eval_"):
+        return "eval/" + key.removeprefix("eval_")
+    return f"{_TB_GROUPS.get(key, 'train')}/{key}"
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict[str, float | int | str | bool]:
+    """A nested config as TensorBoard hparams: ``{"algo.batch_size": 2000, ...}`` (None as "None")."""
+    flat: dict[str, float | int | str | bool] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, name + "."))
+        else:
+            flat[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return flat
 
 
 class RunLogger:
@@ -25,12 +47,15 @@ class RunLogger:
     its events after it, so a resumed run logs each step exactly once.
     """
 
-    def __init__(self, run_dir: Path, start_step: int = 0) -> None:
+    def __init__(self, run_dir: Path, start_step: int = 0, config: dict | None = None) -> None:
         self.csv_path = run_dir / "metrics.csv"
         cut_metrics(self.csv_path, start_step)
         self._file = self.csv_path.open("a", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="ignore")
         self._tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start_step + 1)
+        if config is not None:  # the resolved config in TensorBoard's HParams tab, beside the eval return
+            for summary in hparams(flat_hparams(config), {tb_tag("eval_return"): float("nan")}):
+                self._tb.file_writer.add_summary(summary)
 
     def log(self, row: dict) -> None:
         """Write one row; values may be floats, ints, None or 0-d tensors (read here, once per row)."""
@@ -39,7 +64,7 @@ class RunLogger:
         self._file.flush()
         for key, value in row.items():
             if key != "step" and value is not None:
-                self._tb.add_scalar(key, value, int(row["step"]))
+                self._tb.add_scalar(tb_tag(key), value, int(row["step"]))
 
     def close(self) -> None:
         self._file.close()

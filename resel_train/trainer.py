@@ -266,7 +266,7 @@ class Trainer:
 
     def _train(self, show_progress: bool) -> dict[str, float]:
         cfg = self.cfg
-        logger = RunLogger(self.run_dir, start_step=self.env_steps)
+        logger = RunLogger(self.run_dir, start_step=self.env_steps, config=config_to_dict(cfg))
         runner = PolicyRunner(self.agent.policy, self.device)
         obs, _ = self.env.reset(seed=cfg.seed + self.episodes)
         episode = EpisodeRecorder(obs.astype(np.float32), self.act_dim)

@@ -211,3 +211,21 @@ def test_every_evaluation_sees_the_same_held_out_tasks(tmp_path):
     first, second = trainer.evaluate(episodes=3), trainer.evaluate(episodes=3)
     assert scales[:3] == scales[3:] and len(set(scales[:3])) == 3
     assert first == second
+
+
+def test_tensorboard_tags_are_grouped_and_the_config_is_logged_as_hparams(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    trainer = Trainer(small_cfg("Pendulum-V", tmp_path, steps_after_warmup=4))
+    trainer.train(show_progress=False)
+    events = EventAccumulator(str(trainer.run_dir / "tb"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"losses/critic_loss", "losses/policy_loss", "eval/return", "train/train_return", "train/alpha",
+            "train/critic_grad_norm", "time/steps_per_s"} <= scalars
+    assert all("/" in tag for tag in scalars)
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.hparams["algo.batch_size"].number_value == trainer.cfg.algo.batch_size
+    assert start.hparams["env"].string_value == "Pendulum-V"

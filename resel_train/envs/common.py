@@ -5,8 +5,11 @@ Kept free of simulator imports so that ``import resel_train.envs`` stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -24,6 +27,33 @@ def require(module: str, task_id: str, install: str = SIM_INSTALL_HINT) -> None:
             f"Task '{task_id}' needs the optional package '{module}', which is not installed. "
             f"Install it with: {install}"
         )
+
+
+@contextlib.contextmanager
+def silenced_c_output(fds: tuple[int, ...] = (1,)) -> Iterator[None]:
+    """Send file descriptors (1: stdout, 2: stderr) to /dev/null for a moment: PyBullet's C code prints
+    ``pybullet build time ...`` (stderr) on import and ``argv[0]=`` (stdout) on every connection,
+    past ``sys.stdout``. Python exceptions still propagate; they are printed after the restore."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(fd) for fd in fds]
+    try:
+        with open(os.devnull, "wb") as devnull:
+            for fd in fds:
+                os.dup2(devnull.fileno(), fd)
+        yield
+    finally:
+        for fd, copy in zip(fds, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+class QuietReset(gym.Wrapper):
+    """Runs ``reset`` with C-level stdout silenced (PyBullet connects its client on the first reset)."""
+
+    def reset(self, **kwargs: Any):
+        with silenced_c_output():
+            return self.env.reset(**kwargs)
 
 
 class Float32Observation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):

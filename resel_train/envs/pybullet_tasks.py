@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from .common import Float32Observation, SelectObservation, require
+from .common import Float32Observation, QuietReset, SelectObservation, require, silenced_c_output
 
 EPISODE_STEPS = 1000
 
@@ -45,7 +45,8 @@ def make_bullet(robot: str, kind: str | None = None, split: str = "train") -> gy
     task_id = f"{robot}BLT" + (f"-{kind}" if kind else "")
     require("pybullet", task_id)
     require("pybullet_envs_gymnasium", task_id)
-    import pybullet_envs_gymnasium  # noqa: F401  (registers the *BulletEnv-v0 ids)
+    with silenced_c_output(fds=(1, 2)):
+        import pybullet_envs_gymnasium  # noqa: F401  (registers the *BulletEnv-v0 ids)
 
-    env = gym.make(BULLET_IDS[robot], max_episode_steps=EPISODE_STEPS)
+        env = QuietReset(gym.make(BULLET_IDS[robot], max_episode_steps=EPISODE_STEPS))
     return SelectObservation(env, POMDP_INDICES[robot][kind]) if kind else Float32Observation(env)
