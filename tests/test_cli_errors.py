@@ -40,6 +40,8 @@ def files(tmp: Path) -> dict[str, Path]:
 
 # (name, argv builder(tmp, files, run), words the one-line message must contain)
 CASES = [
+    ("unknown task id", lambda t, f, r: ["train", "--env", "Walker3d"], ["Unknown task id 'Walker3d'", "Walker2d"]),
+    ("missing checkpoint", lambda t, f, r: ["info", str(t / "nope.pt")], ["not found", "nope.pt"]),
     ("unknown section", lambda t, f, r: train(t, "--set", "foo.bar=1"), ["unknown config section 'foo'"]),
     ("eval_every=0", lambda t, f, r: train(t, "--set", "eval_every=0"), ["'eval_every'", ">= 1"]),
     ("checkpoint_every=0", lambda t, f, r: train(t, "--set", "checkpoint_every=0"), ["'checkpoint_every'", ">= 1"]),
