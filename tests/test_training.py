@@ -96,6 +96,11 @@ def small_cfg(env, tmp_path, steps_after_warmup=2, **flags):
 @pytest.mark.parametrize("env", ["Pendulum-P", "CartPole-V", "Hopper", "Walker2d-gravity", "HopperBLT-V",
                                  "HalfCheetahVel", "Wind"])
 def test_two_update_smoke_run_per_family(tmp_path, env):
+    from resel_train.envs import task_info
+
+    simulator = {"mujoco": "mujoco", "gravity": "mujoco", "meta": "mujoco", "pybullet": "pybullet"}
+    pytest.importorskip(simulator.get(task_info(env).family, "gymnasium"), reason=f"{env} needs its simulator: "
+                        "pip install 'resel[sim]'")
     trainer = Trainer(small_cfg(env, tmp_path))
     result = trainer.train(show_progress=False)
     assert trainer.agent.critic_steps == 2
