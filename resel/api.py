@@ -75,8 +75,8 @@ class RESeL:
         try:
             trainer = Trainer(cfg, run_dir=run_dir, resume=resume, requested_keys=requested)
         except FileExistsError as exc:
-            raise FileExistsError(f"{exc} (in Python: RESeL(..., resume=True) continues it, RESeL.load(path) "
-                                  "loads a checkpoint)") from None
+            raise FileExistsError(f"{exc} (from Python: RESeL(..., resume=True) continues it; or pass another "
+                                  "out=, seed= or run_dir=)") from None
         self._setup(trainer=trainer, checkpoint=None, device=trainer.device, seed=cfg.seed)
 
     def _setup(self, trainer: Trainer | None, checkpoint: dict[str, Any] | None, device: torch.device,
@@ -177,7 +177,8 @@ class RESeL:
         run's checkpoints and metrics rows. ``callbacks`` are added to the defaults (evaluation every
         ``eval_every``, a checkpoint every ``checkpoint_every`` steps); one of class
         :class:`~resel_train.callbacks.EvalCallback` or ``CheckpointCallback`` replaces that default.
-        Ctrl-C saves and raises :class:`~resel_train.trainer.TrainingInterrupted`.
+        A total below ``warmup_steps`` is refused (no update would run). Ctrl-C saves and raises
+        :class:`~resel_train.trainer.TrainingInterrupted`.
         """
         _check_type("total_steps", total_steps, int)
         _check_type("progress_bar", progress_bar, bool)
@@ -185,12 +186,15 @@ class RESeL:
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1; got {total_steps}")
         trainer = self.trainer
+        chain = with_defaults(trainer.cfg, callbacks)
         target = trainer.env_steps + total_steps if reset_num_timesteps else total_steps
         if target <= trainer.env_steps:
             raise ValueError(f"total_steps={total_steps} is not above num_timesteps={trainer.env_steps}: learn() "
                              "counts environment steps in total; pass a larger total, or reset_num_timesteps=True "
                              "to train that many more")
-        chain = with_defaults(trainer.cfg, callbacks)
+        if target < trainer.cfg.warmup_steps:  # as `resel train --steps`; a run saved so would not resume
+            raise ValueError(f"total_steps={total_steps} ends before the warm-up of {trainer.cfg.warmup_steps} random "
+                             "steps (no update would run); train at least that far")
         for c in chain:
             c.init_callback(trainer, self)
         if not trainer.lock.held:  # the previous train() released it
