@@ -291,9 +291,9 @@ class Trainer:
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"), disable=not show_progress, transient=False,
         )
-        callback.init_callback(self)
-        callback.on_training_start()
         try:
+            callback.init_callback(self)
+            callback.on_training_start()
             with progress:
                 bar = progress.add_task(f"{cfg.env} ({cfg.model.encoder})", total=cfg.steps,
                                         completed=self.env_steps, status="")
