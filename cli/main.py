@@ -98,17 +98,17 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train RESeL on a task; writes checkpoint.pt, metrics.csv and TensorBoard logs to the run folder."""
-    from resel_train.config import flat_keys, load_config_file, resolve_config
+    from resel.api import RESeL
+    from resel_train.config import parse_overrides
     from resel_train.guard import TrainingDiverged
-    from resel_train.trainer import Trainer, TrainingInterrupted
+    from resel_train.trainer import TrainingInterrupted
 
-    flags = {"steps": steps, "seed": seed, "device": device, "out": out,
-             "model.encoder": encoder.value if encoder else None}
-    cfg = resolve_config(env, preset, config, set_, **flags)
-    given = [k for k, v in flags.items() if v is not None] + [item.partition("=")[0].strip() for item in set_ or []]
-    given += flat_keys(load_config_file(config)) if config else []
-    given += ["preset"] if preset != "auto" else []
-    trainer = Trainer(cfg, resume=resume, requested_keys=given)
+    overrides = parse_overrides(set_ or [])
+    overrides.update({k: v for k, v in (("steps", steps), ("model.encoder", encoder.value if encoder else None))
+                      if v is not None})
+    model = RESeL(env, preset, seed if seed is not None else 0, out if out is not None else "runs",
+                  device or "auto", config=config, resume=resume, **overrides)
+    trainer = model.trainer
     if trainer.lock.previous_holder:
         console.print(f"took over the stale lock of a process that is gone ({trainer.lock.previous_holder})")
     console.print(f"run folder: [bold]{trainer.run_dir}[/]  preset: {trainer.cfg.preset}  "
@@ -116,7 +116,10 @@ def train(
     c = trainer.cfg
     again = f"resel train --env {c.env} --out {c.out} --seed {c.seed} --encoder {c.model.encoder} --resume"
     try:
-        result = trainer.train(show_progress=progress)
+        if model.num_timesteps < c.steps:  # a resumed run that already reached its steps has nothing to do
+            model.learn(c.steps, progress_bar=progress)
+        else:
+            trainer.lock.release()
     except OSError as exc:  # e.g. the disk filled up during a save: the unit on disk is still whole
         if _options["debug"]:
             raise
@@ -129,7 +132,7 @@ def train(
             raise
         _fail(ValueError(f"{exc}; stopped without saving: {_last_good(trainer)}. Lower the learning rates, or resume "
                          f"from that checkpoint ({again})"), EXIT_DIVERGED)
-    console.print(f"done: {result['env_steps']} steps, last eval return {result['eval_return']}")
+    console.print(f"done: {model.num_timesteps} steps, last eval return {trainer.last_eval}")
     console.print(f"checkpoint: {trainer.run_dir / 'checkpoint.pt'}")
 
 

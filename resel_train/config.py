@@ -134,15 +134,30 @@ def resolve_config(
         cfg.algo.fixed_alpha = 0.2
     if config_file is not None:
         _apply(cfg, load_config_file(config_file))
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r} must look like key=value, e.g. algo.batch_size=500")
-        _set_path(cfg, key.strip(), yaml.safe_load(value))
+    apply_overrides(cfg, parse_overrides(overrides or []))
     for key, value in flags.items():
         if value is not None:
             _set_path(cfg, key, value)
     return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["algo.batch_size=500", ...]`` (the CLI's ``--set``) as ``{"algo.batch_size": 500}``, values read as YAML."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like key=value, e.g. algo.batch_size=500")
+        values[key.strip()] = yaml.safe_load(value)
+    return values
+
+
+def apply_overrides(cfg: TrainConfig, values: dict[str, Any]) -> None:
+    """Set config keys given dotted (``{"algo.batch_size": 500}``) or as section dicts (``{"algo": {...}}``).
+
+    Values are converted to each field's type; an unknown key or a wrong type raises ValueError naming the key.
+    """
+    _apply(cfg, values)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from resel_train.algo import RESeL
 from resel_train.atomic import atomic_write
 from resel_train.buffer import Batch, TrajectoryBuffer
+from resel_train.callbacks import BaseCallback, CallbackList, default_callbacks
 from resel_train.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
@@ -231,6 +232,8 @@ class Trainer:
         self.recent_returns: deque[float] = deque(maxlen=10)
         self.last_eval: float | None = None
         self.last_eval_std: float | None = None
+        self.last_eval_step: int | None = None  # env_steps of the last evaluate(): its log row carries the result
+        self._checkpoint_requested = False
         self.guard = DivergenceGuard(
             {"policy": self.agent.policy, "critic": self.agent.critic, "critic_target": self.agent.critic_target},
             {"log_alpha": self.agent.log_alpha},
@@ -256,15 +259,26 @@ class Trainer:
         return self.low + (action + 1.0) * 0.5 * (self.high - self.low)
 
     # ---- the loop ---------------------------------------------------------------------------------
-    def train(self, show_progress: bool = True) -> dict[str, float]:
-        """Train to ``cfg.steps``; releases the run folder's lock when it returns or raises."""
+    def train(self, show_progress: bool = True,
+              callbacks: list[BaseCallback] | CallbackList | None = None) -> dict[str, float]:
+        """Train to ``cfg.steps``; releases the run folder's lock when it returns or raises.
+
+        ``callbacks`` run after every step (see resel_train/callbacks.py); None: the defaults,
+        evaluation every ``cfg.eval_every`` and a checkpoint every ``cfg.checkpoint_every`` steps.
+        A given list replaces them (:func:`~resel_train.callbacks.with_defaults` adds to them).
+        """
+        callback = CallbackList(default_callbacks(self.cfg) if callbacks is None else callbacks)
         try:
             with _StopOnSignals(self):
-                return self._train(show_progress)
+                return self._train(show_progress, callback)
         finally:
             self.lock.release()
 
-    def _train(self, show_progress: bool) -> dict[str, float]:
+    def request_checkpoint(self) -> None:
+        """Save at the end of the current step, after its log row (a checkpoint never runs ahead of metrics.csv)."""
+        self._checkpoint_requested = True
+
+    def _train(self, show_progress: bool, callback: CallbackList) -> dict[str, float]:
         cfg = self.cfg
         logger = RunLogger(self.run_dir, start_step=self.env_steps, config=config_to_dict(cfg))
         runner = PolicyRunner(self.agent.policy, self.device)
@@ -278,28 +292,33 @@ class Trainer:
             TextColumn("{task.fields[status]}"), disable=not show_progress, transient=False,
         )
         try:
+            callback.init_callback(self)
+            callback.on_training_start()
             with progress:
                 bar = progress.add_task(f"{cfg.env} ({cfg.model.encoder})", total=cfg.steps,
                                         completed=self.env_steps, status="")
-                while self.env_steps < cfg.steps and self._stop_signal is None:
+                keep_going = True
+                while keep_going and self.env_steps < cfg.steps and self._stop_signal is None:
                     obs = self._env_step(episode, runner)
                     if obs is not None:  # episode ended
                         episode = EpisodeRecorder(obs, self.act_dim)
                         runner.reset()
+                        callback.on_episode_end(self.recent_returns[-1])
                     if (self.env_steps > cfg.warmup_steps and self.buffer.num_trajectories
                             and self.env_steps % cfg.algo.update_every == 0):
                         metrics.update(self.update_once())
                         self.guard.observe(self.env_steps, metrics)
-                    evaluate = self.env_steps % cfg.eval_every == 0 or self.env_steps == cfg.steps
-                    if evaluate or self.env_steps % cfg.log_every == 0:
+                    log_now = self.env_steps % cfg.log_every == 0
+                    if log_now:
                         self.guard.check(self.env_steps)
-                    if evaluate:
-                        self.last_eval = self.evaluate()
-                    if evaluate or self.env_steps % cfg.log_every == 0:
+                    keep_going = callback.on_step() is not False  # evaluation runs here (EvalCallback)
+                    evaluated = self.last_eval_step == self.env_steps
+                    if evaluated or log_now:
                         rate = (self.env_steps - start_steps) / (time.perf_counter() - start_time)
-                        self._log(logger, metrics, rate, start_time, evaluate)
+                        self._log(logger, metrics, rate, start_time, evaluated)
                         progress.update(bar, status=self._status(rate))
-                    if self.env_steps % cfg.checkpoint_every == 0:
+                    if self._checkpoint_requested:  # CheckpointCallback asks; saved after the log row
+                        self._checkpoint_requested = False
                         self.save()
                     progress.update(bar, completed=self.env_steps)
         except TrainingDiverged:
@@ -310,6 +329,7 @@ class Trainer:
         finally:
             logger.close()
         path = self.save()
+        callback.on_training_end()
         if self._stop_signal is not None:
             raise TrainingInterrupted(self._stop_signal, path, self.env_steps)
         return {"env_steps": self.env_steps, "eval_return": self.last_eval, **metrics_to_floats(metrics)}
@@ -359,7 +379,12 @@ class Trainer:
         return metrics
 
     def evaluate(self, episodes: int | None = None) -> float:
-        """Mean return of the deterministic policy from a zero state (held-out tasks where there are any)."""
+        """Mean return of the deterministic policy from a zero state (held-out tasks where there are any).
+
+        Records it as ``last_eval`` / ``last_eval_std`` / ``last_eval_step`` (the log row of that step
+        carries it); a diverged policy is not evaluated (:class:`TrainingDiverged`).
+        """
+        self.guard.check(self.env_steps)
         runner = PolicyRunner(self.agent.policy, self.device)
         returns = []
         for i in range(episodes or self.cfg.eval_episodes):
@@ -373,8 +398,9 @@ class Trainer:
                 episode.add(action, float(reward), np.asarray(obs, np.float32))
                 done = terminated or truncated
             returns.append(float(np.sum(episode.rew)))
-        self.last_eval_std = float(np.std(returns))
-        return float(np.mean(returns))
+        self.last_eval, self.last_eval_std = float(np.mean(returns)), float(np.std(returns))
+        self.last_eval_step = self.env_steps
+        return self.last_eval
 
     def _status(self, rate: float) -> str:
         train = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
