@@ -9,7 +9,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 COLUMNS = (
     "step", "wall_s", "steps_per_s", "episodes", "train_return", "eval_return", "eval_return_std",
-    "critic_loss", "q_mean", "policy_loss", "entropy", "alpha",
+    "eval_success_rate", "critic_loss", "q_mean", "policy_loss", "entropy", "alpha",
 )
 
 
