@@ -56,7 +56,9 @@ def train(
     console.print(f"run folder: [bold]{trainer.run_dir}[/]  preset: {trainer.cfg.preset}  "
                   f"device: {trainer.device}  steps: {trainer.cfg.steps}")
     result = trainer.train(show_progress=progress)
-    console.print(f"done: {result['env_steps']} steps, last eval return {result['eval_return']}")
+    success = result.get("eval_success_rate")
+    console.print(f"done: {result['env_steps']} steps, last eval return {result['eval_return']}"
+                  + ("" if success is None else f", success rate {success:.0%}"))
     console.print(f"checkpoint: {trainer.run_dir / 'checkpoint.pt'}")
 
 

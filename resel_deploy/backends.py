@@ -4,8 +4,9 @@ Every backend owns preallocated host buffers (:class:`HostBuffers`) that the con
 reads; ``run()`` performs one step for the whole batch: it reads ``obs``, ``prev_reward``,
 ``is_first`` and ``noise``, writes ``action``, ``mean`` and ``log_std``, and advances the
 recurrent state it keeps internally. For Discrete-action policies (``meta["discrete"]``) ``action``
-is an int64 (batch,) buffer and ``mean`` / ``log_std`` hold the logits and log-probs. State buffers are ping-ponged: the step reads one set and
-writes the other (never the same memory), and the roles swap after every step.
+is an int64 (batch,) buffer and ``mean`` / ``log_std`` hold the logits and log-probs. State
+buffers are ping-ponged: the step reads one set and writes the other (never the same memory), and
+the roles swap after every step.
 """
 
 from __future__ import annotations

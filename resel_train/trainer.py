@@ -251,7 +251,8 @@ class Trainer:
                 progress.update(bar, completed=self.env_steps)
         self.save()
         logger.close()
-        return {"env_steps": self.env_steps, "eval_return": self.last_eval, **metrics_to_floats(metrics)}
+        return {"env_steps": self.env_steps, "eval_return": self.last_eval,
+                "eval_success_rate": self.last_eval_success, **metrics_to_floats(metrics)}
 
     def _env_step(self, episode: EpisodeRecorder, runner: PolicyRunner) -> np.ndarray | None:
         """One environment step; returns the first observation of a new episode when one ended."""
@@ -323,7 +324,8 @@ class Trainer:
     def _status(self, rate: float) -> str:
         train = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
         evalr = f"{self.last_eval:.1f}" if self.last_eval is not None else "-"
-        return f"{rate:.0f} steps/s  train {train}  eval {evalr}"
+        success = f"  success {self.last_eval_success:.0%}" if self.last_eval_success is not None else ""
+        return f"{rate:.0f} steps/s  train {train}  eval {evalr}{success}"
 
     def _log(self, logger: RunLogger, metrics: dict[str, torch.Tensor], rate: float, start_time: float,
              evaluated: bool) -> None:
