@@ -7,8 +7,9 @@ at most ``--steps`` environment steps or ``--minutes`` of wall time, whichever c
 (a run over time is stopped; its metrics.csv holds every evaluation up to then), ``--parallel``
 at a time. The evaluation success rate (door opened with the key, deterministic policy, fresh
 episodes) is read from each run's metrics.csv; the summary (JSON) and the curves (PNG, mean and
-min-max over seeds) go to benchmarks/results/keydoor_<env><tag>.{json,png}. The machine's load
-average is recorded at the start and the end (the CPU is shared).
+min-max over seeds) go to benchmarks/results/keydoor_<env><tag>.{json,png}, with the success rate
+of a uniformly random policy for reference. The machine's load average is recorded at the start
+and the end (the CPU is shared).
 """
 
 from __future__ import annotations
@@ -65,11 +66,27 @@ def train_all(args: argparse.Namespace, out: Path) -> dict:
     return ended
 
 
+def random_success_rate(env_id: str, episodes: int = 1000, seed: int = 0) -> float:
+    """Fraction of episodes a uniformly random policy ends with the door opened (the chance level)."""
+    from resel_train.envs import make_env
+
+    env, rng, wins = make_env(env_id, seed=seed), np.random.default_rng(seed), 0
+    for i in range(episodes):
+        env.reset(seed=seed + i)
+        done = False
+        while not done:
+            _, _, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+            done = terminated or truncated
+        wins += bool(info["success"])
+    return wins / episodes
+
+
 def summarise(args: argparse.Namespace, out: Path, env: str, ended: dict, load: dict) -> dict:
     from resel_train.logger import plot_learning_curves, read_metrics
 
     summary: dict = {"env": env, "preset": args.preset, "metric": METRIC, "eval_episodes": args.eval_episodes,
-                     "limits": {"steps": args.steps, "minutes": args.minutes}, "load_average": load, "encoders": {}}
+                     "limits": {"steps": args.steps, "minutes": args.minutes}, "load_average": load,
+                     "random_policy_success_rate": random_success_rate(env), "encoders": {}}
     table = Table("encoder", "seed", "env steps", "first eval", "best eval", "final (last 3)", "wall (min)", "ended")
     for encoder in args.encoders:
         finals, per_seed = [], {}
@@ -88,6 +105,7 @@ def summarise(args: argparse.Namespace, out: Path, env: str, ended: dict, load: 
         summary["encoders"][encoder] = {"final_mean": float(np.mean(finals)), "final_std": float(np.std(finals)),
                                         "seeds": per_seed}
     console.print(table)
+    console.print(f"a uniformly random policy succeeds in {summary['random_policy_success_rate']:.1%} of episodes")
     stem = f"keydoor_{env}{args.tag}"
     png = plot_learning_curves({e: [run_dir(out, env, e, s) for s in args.seeds] for e in args.encoders},
                                RESULTS / f"{stem}.png", metric=METRIC,
@@ -126,6 +144,9 @@ def main() -> None:
         ended = json.loads(ended_path.read_text())
     load["end"] = os.getloadavg()
     for env in args.envs:
+        previous = RESULTS / f"keydoor_{env}{args.tag}.json"
+        if args.summary_only and previous.exists():  # keep the load measured while the runs trained
+            load = json.loads(previous.read_text()).get("load_average", load)
         summarise(args, out, env, ended, load)
 
 
