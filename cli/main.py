@@ -132,7 +132,9 @@ def train(
             raise
         _fail(ValueError(f"{exc}; stopped without saving: {_last_good(trainer)}. Lower the learning rates, or resume "
                          f"from that checkpoint ({again})"), EXIT_DIVERGED)
-    console.print(f"done: {model.num_timesteps} steps, last eval return {trainer.last_eval}")
+    success = trainer.last_eval_success
+    console.print(f"done: {model.num_timesteps} steps, last eval return {trainer.last_eval}"
+                  + ("" if success is None else f", success rate {success:.0%}"))
     console.print(f"checkpoint: {trainer.run_dir / 'checkpoint.pt'}")
 
 

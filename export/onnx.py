@@ -8,7 +8,12 @@ Graph (opset 18 by default; TensorRT 10 and onnxruntime >= 1.16 accept it):
              action_mean, action_log_std      the Gaussian head (pre-tanh)
              state_out.<name>                 same shapes as state_in.<name>
 
-All tensors are float32 and the batch axis is dynamic (``batch``). State names, in order:
+Discrete-action policies (metadata ``discrete``: true) output instead
+             action (batch,) int64            argmax(action_logits + noise); noise: Gumbel, zeros = greedy
+             action_logits, action_log_probs  the categorical head (batch, act_dim)
+and the parity certificate then also certifies identical (greedy and sampled) actions.
+
+All other tensors are float32 and the batch axis is dynamic (``batch``). State names, in order:
 ``prev_obs``, ``prev_act``, then the encoder's (Mamba: ``block0.conv``, ``block0.ssm``, ...;
 GRU: ``gru``); the semantics are in :mod:`resel_deploy.stepwise`. Weights are embedded in the
 file (``external_data=False``: no ``.onnx.data`` sidecar).
@@ -52,6 +57,8 @@ OPSET = 18
 FORMAT = "resel-stepwise"
 FORMAT_VERSION = 1
 INPUT_NAMES = ("obs", "prev_reward", "is_first", "noise")
+OUTPUT_NAMES = ("action", "action_mean", "action_log_std")
+DISCRETE_OUTPUT_NAMES = ("action", "action_logits", "action_log_probs")
 ORT_INSTALL_HINT = "pip install 'resel[onnx]'  (onnx, onnxruntime, onnxscript)"
 
 
@@ -118,7 +125,9 @@ def io_spec(stepwise: StepwisePolicy) -> tuple[list[dict], list[dict]]:
     states = stepwise.state_spec()
     inputs = [t("obs", o), t("prev_reward", 1), t("is_first"), t("noise", a)]
     inputs += [t(STATE_IN_PREFIX + s.name, *s.shape) for s in states]
-    outputs = [t("action", a), t("action_mean", a), t("action_log_std", a)]
+    action, head_a, head_b = DISCRETE_OUTPUT_NAMES if stepwise.discrete else OUTPUT_NAMES
+    first = {"name": action, "shape": ["batch"], "dtype": "int64"} if stepwise.discrete else t(action, a)
+    outputs = [first, t(head_a, a), t(head_b, a)]
     outputs += [t(STATE_OUT_PREFIX + s.name, *s.shape) for s in states]
     return inputs, outputs
 

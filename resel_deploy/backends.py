@@ -3,8 +3,10 @@
 Every backend owns preallocated host buffers (:class:`HostBuffers`) that the controller fills and
 reads; ``run()`` performs one step for the whole batch: it reads ``obs``, ``prev_reward``,
 ``is_first`` and ``noise``, writes ``action``, ``mean`` and ``log_std``, and advances the
-recurrent state it keeps internally. State buffers are ping-ponged: the step reads one set and
-writes the other (never the same memory), and the roles swap after every step.
+recurrent state it keeps internally. For Discrete-action policies (``meta["discrete"]``) ``action``
+is an int64 (batch,) buffer and ``mean`` / ``log_std`` hold the logits and log-probs. State
+buffers are ping-ponged: the step reads one set and writes the other (never the same memory), and
+the roles swap after every step.
 """
 
 from __future__ import annotations
@@ -20,20 +22,21 @@ TRT_INSTALL_HINT = "pip install 'resel[tensorrt]' on a machine with an NVIDIA GP
 
 @dataclass
 class HostBuffers:
-    """The controller-facing float32 buffers of one batch (allocated once)."""
+    """The controller-facing buffers of one batch (allocated once); float32 but a discrete action (int64)."""
 
     obs: np.ndarray  # (batch, obs_dim)
     prev_reward: np.ndarray  # (batch, 1)
     is_first: np.ndarray  # (batch,)
-    noise: np.ndarray  # (batch, act_dim)
-    action: np.ndarray  # (batch, act_dim)
-    mean: np.ndarray  # (batch, act_dim)
-    log_std: np.ndarray  # (batch, act_dim)
+    noise: np.ndarray  # (batch, act_dim); Gumbel noise for a discrete policy
+    action: np.ndarray  # (batch, act_dim); discrete: (batch,) int64
+    mean: np.ndarray  # (batch, act_dim); discrete: the logits
+    log_std: np.ndarray  # (batch, act_dim); discrete: the log-probs
 
     @classmethod
-    def numpy(cls, batch: int, obs_dim: int, act_dim: int) -> HostBuffers:
+    def numpy(cls, batch: int, obs_dim: int, act_dim: int, discrete: bool = False) -> HostBuffers:
         z = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
-        return cls(z(batch, obs_dim), z(batch, 1), z(batch), z(batch, act_dim), z(batch, act_dim), z(batch, act_dim),
+        action = np.zeros(batch, np.int64) if discrete else z(batch, act_dim)
+        return cls(z(batch, obs_dim), z(batch, 1), z(batch), z(batch, act_dim), action, z(batch, act_dim),
                    z(batch, act_dim))
 
     def inputs(self) -> tuple[np.ndarray, ...]:
@@ -80,7 +83,7 @@ class TorchBackend(Backend):
         self.module = stepwise.eval()
         self.device = torch.device(device or "cpu")
         self.module.to(self.device)
-        self.host = HostBuffers.numpy(batch, stepwise.obs_dim, stepwise.act_dim)
+        self.host = HostBuffers.numpy(batch, stepwise.obs_dim, stepwise.act_dim, stepwise.discrete)
         self.names = stepwise.state_names()
         if self.device.type == "cpu":
             self._in = [torch.from_numpy(a) for a in self.host.inputs()]
@@ -148,8 +151,9 @@ class OnnxRuntimeBackend(Backend):
         if flush_denormals:
             opts.add_session_config_entry("session.set_denormal_as_zero", "1")
         self.session = ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
-        self.host = HostBuffers.numpy(batch, meta["obs_dim"], meta["act_dim"])
+        self.host = HostBuffers.numpy(batch, meta["obs_dim"], meta["act_dim"], bool(meta.get("discrete", False)))
         self.names = [n for n, _ in state_shapes(meta, batch)]
+        self._output_names = [o["name"] for o in meta["outputs"][:3]]
         self._check_io(meta)
         self._state = [
             [np.zeros(shape, np.float32) for _, shape in state_shapes(meta, batch)] for _ in range(2)
@@ -167,12 +171,12 @@ class OnnxRuntimeBackend(Backend):
         binding = self.session.io_binding()
         ins = list(zip(("obs", "prev_reward", "is_first", "noise"), self.host.inputs(), strict=False))
         ins += [("state_in." + n, a) for n, a in zip(self.names, state_in, strict=False)]
-        outs = list(zip(("action", "action_mean", "action_log_std"), self.host.outputs(), strict=False))
+        outs = list(zip(self._output_names, self.host.outputs(), strict=False))
         outs += [("state_out." + n, a) for n, a in zip(self.names, state_out, strict=False)]
         for name, a in ins:
             binding.bind_input(name, "cpu", 0, np.float32, list(a.shape), a.ctypes.data)
         for name, a in outs:
-            binding.bind_output(name, "cpu", 0, np.float32, list(a.shape), a.ctypes.data)
+            binding.bind_output(name, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
         return binding
 
     def run(self) -> None:
@@ -242,9 +246,11 @@ class TensorRTBackend(Backend):
         self.names = [n for n, _ in state_shapes(meta, batch)]
         dev = torch.device("cuda")
         obs_dim, act_dim = meta["obs_dim"], meta["act_dim"]
-        pinned = lambda *s: torch.zeros(s, dtype=torch.float32, pin_memory=True)  # noqa: E731
+        self._output_names = [o["name"] for o in meta["outputs"][:3]]
+        pinned = lambda *s, dtype=torch.float32: torch.zeros(s, dtype=dtype, pin_memory=True)  # noqa: E731
         h_in = [pinned(batch, obs_dim), pinned(batch, 1), pinned(batch), pinned(batch, act_dim)]
-        h_out = [pinned(batch, act_dim) for _ in range(3)]
+        action = pinned(batch, dtype=torch.int64) if meta.get("discrete") else pinned(batch, act_dim)
+        h_out = [action, pinned(batch, act_dim), pinned(batch, act_dim)]
         self.host = HostBuffers(*(t.numpy() for t in h_in + h_out))
         self._h_in, self._h_out = h_in, h_out
         self._d_in = [torch.zeros_like(t, device=dev) for t in h_in]
@@ -271,7 +277,7 @@ class TensorRTBackend(Backend):
     def _address_map(self, i: int) -> list[tuple[str, int]]:
         names = ["obs", "prev_reward", "is_first", "noise"]
         pairs = [(n, t.data_ptr()) for n, t in zip(names, self._d_in, strict=False)]
-        pairs += [(n, t.data_ptr()) for n, t in zip(("action", "action_mean", "action_log_std"), self._d_out, strict=False)]
+        pairs += [(n, t.data_ptr()) for n, t in zip(self._output_names, self._d_out, strict=False)]
         pairs += [("state_in." + n, t.data_ptr()) for n, t in zip(self.names, self._d_state[i], strict=False)]
         pairs += [("state_out." + n, t.data_ptr()) for n, t in zip(self.names, self._d_state[1 - i], strict=False)]
         return pairs

@@ -18,6 +18,9 @@
 
 The controller preallocates every buffer at load (inputs, outputs, two state sets) and a step
 copies the observation into its input buffer, runs the backend, and copies the action out.
+Discrete-action policies (Key-to-Door; ``controller.discrete``): ``step`` returns the action index
+as a Python ``int`` and ``step_batch`` an int64 (batch,) array, on every backend; deterministic is
+the greedy (argmax) action, ``stochastic=True`` samples it exactly (Gumbel-max noise).
 Deterministic actions (tanh of the mean) by default; ``stochastic=True, seed=...`` samples
 tanh(mean + std * noise) with noise from a seeded numpy generator written into a preallocated
 buffer. Inputs are validated every step: a wrong type or shape names the argument and the expected
@@ -97,6 +100,7 @@ class Controller:
         self.action_low = np.asarray(meta["action_low"], dtype=np.float32)
         self.action_high = np.asarray(meta["action_high"], dtype=np.float32)
         self.state_names: list[str] = [s["name"] for s in meta["state_layout"]]
+        self.discrete: bool = bool(meta.get("discrete", False))
         self.stochastic = bool(stochastic)
         self._rng = np.random.default_rng(seed)
         h = backend.host
@@ -214,8 +218,11 @@ class Controller:
         else:
             self._h.is_first[rows] = 1.0
 
-    def step(self, obs, reward: float = 0.0, out: np.ndarray | None = None) -> np.ndarray:
-        """One robot: observation (obs_dim,) and previous reward -> action (act_dim,) in env units."""
+    def step(self, obs, reward: float = 0.0, out: np.ndarray | None = None) -> np.ndarray | int:
+        """One robot: observation (obs_dim,) and previous reward -> action (act_dim,) in env units.
+
+        A discrete policy returns the action index (``int``; ``out`` is for continuous actions only).
+        """
         if self.batch != 1:
             raise ValueError(f"step() is for one robot; this controller was loaded with batch={self.batch}: "
                              "use step_batch()")
@@ -233,7 +240,11 @@ class Controller:
             raise ValueError(f"reward must be finite; got {reward}")
         self._check_out(out, (self.act_dim,))
         self._rew_flat[0] = reward
+        if self.discrete and out is not None:
+            raise ValueError("out= takes continuous actions; a discrete policy's step() returns an int")
         self._run()
+        if self.discrete:
+            return int(self._h.action[0])
         if out is None:
             return self._act_row.copy()
         np.copyto(out, self._act_row, casting="same_kind")
@@ -242,8 +253,8 @@ class Controller:
     def step_batch(self, obs, rewards=None, is_first=None, out: np.ndarray | None = None) -> np.ndarray:
         """``batch`` robots: obs (batch, obs_dim), rewards (batch,) or scalar, is_first (batch,) bool.
 
-        ``is_first`` adds to episode starts requested with :meth:`reset`. Returns (batch, act_dim),
-        written into ``out`` when given.
+        ``is_first`` adds to episode starts requested with :meth:`reset`. Returns (batch, act_dim)
+        (discrete: (batch,) int64 indices), written into ``out`` when given.
         """
         obs = _numeric("obs", obs, f"({self.batch}, {self.obs_dim})")
         self._check_out(out, (self.batch, self.act_dim))
@@ -303,7 +314,9 @@ class Controller:
 
     def _run(self) -> None:
         h = self._h
-        if self.stochastic:
+        if self.stochastic and self.discrete:
+            _gumbel(self._rng, h.noise)
+        elif self.stochastic:
             self._rng.standard_normal(out=h.noise, dtype=np.float32)
         self._backend.run()
         h.is_first.fill(0.0)
@@ -338,9 +351,10 @@ class Controller:
         self._backend.set_state(state)
 
     def last_output(self) -> dict[str, np.ndarray]:
-        """Copies of the last step's action, Gaussian mean and log-std (batch, act_dim)."""
+        """Copies of the last step's action, Gaussian mean and log-std (batch, act_dim); discrete: logits, log_probs."""
         h = self._h
-        return {"action": h.action.copy(), "mean": h.mean.copy(), "log_std": h.log_std.copy()}
+        a, b = ("logits", "log_probs") if self.discrete else ("mean", "log_std")
+        return {"action": h.action.copy(), a: h.mean.copy(), b: h.log_std.copy()}
 
     def __repr__(self) -> str:
         return (f"Controller(backend={self.backend!r}, obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
@@ -368,6 +382,16 @@ def _check_torch_device(device: str | None) -> None:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was asked for but torch sees no CUDA GPU; use device='cpu'")
+
+
+def _gumbel(rng: np.random.Generator, out: np.ndarray) -> None:
+    """Standard Gumbel noise -log(-log U) written into ``out`` in place (U = 0 gives -inf: never chosen)."""
+    rng.random(out=out, dtype=np.float32)
+    with np.errstate(divide="ignore"):
+        np.log(out, out=out)
+        np.negative(out, out=out)
+        np.log(out, out=out)
+    np.negative(out, out=out)
 
 
 def _flush_denormals_on_this_thread() -> None:

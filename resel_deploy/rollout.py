@@ -28,6 +28,7 @@ class RolloutReport:
     steps: int
     wall_s: float
     notes: list[str] = field(default_factory=list)
+    successes: list[bool] | None = None  # per episode, for tasks whose env reports info["success"] (Key-to-Door)
     # filled only with record=True: per step, the controller's inputs and output
     observations: list[np.ndarray] | None = field(default=None, repr=False)
     rewards_in: list[float] | None = field(default=None, repr=False)
@@ -42,11 +43,15 @@ class RolloutReport:
     def std_return(self) -> float:
         return float(np.std(self.returns)) if self.returns else float("nan")
 
+    @property
+    def success_rate(self) -> float | None:
+        return float(np.mean(self.successes)) if self.successes else None
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for key in ("observations", "rewards_in", "first", "actions"):
             d.pop(key)
-        d.update(mean_return=self.mean_return, std_return=self.std_return)
+        d.update(mean_return=self.mean_return, std_return=self.std_return, success_rate=self.success_rate)
         return d
 
     def table(self):
@@ -54,17 +59,21 @@ class RolloutReport:
         from rich.table import Table
 
         lat = self.latency_us
+        success = "" if self.success_rate is None else f"success rate {self.success_rate:.0%}; "
         table = Table(
             title=f"{self.env_id} ({self.split}) | {Path(self.model).name} | backend {self.backend}",
-            caption=(f"return {self.mean_return:.1f} +- {self.std_return:.1f} over {len(self.returns)} episodes; "
+            caption=(success + f"return {self.mean_return:.1f} +- {self.std_return:.1f} over {len(self.returns)} episodes; "
                      f"step latency p50 {lat['p50']:.1f} us, p90 {lat['p90']:.1f}, p99 {lat['p99']:.1f}, "
                      f"max {lat['max']:.1f} ({self.steps} steps)" + "".join(f"\n{n}" for n in self.notes)),
         )
         table.add_column("episode", justify="right")
         table.add_column("return", justify="right")
         table.add_column("length", justify="right")
+        if self.successes:
+            table.add_column("success", justify="right")
         for i, (ret, length) in enumerate(zip(self.returns, self.lengths, strict=False)):
-            table.add_row(str(i), f"{ret:.2f}", str(length))
+            table.add_row(str(i), f"{ret:.2f}", str(length), *(["yes" if self.successes[i] else "no"]
+                                                              if self.successes else []))
         return table
 
 
@@ -122,7 +131,7 @@ def run_rollouts(
         env = make_env(env_id, seed=seed, split=split)
     notes = _check_spaces(ctrl, env, str(env_id))
     lat_ns: list[int] = []
-    returns, lengths = [], []
+    returns, lengths, successes = [], [], []
     rec_obs, rec_rew, rec_first, rec_act = [], [], [], []
     action = np.zeros(ctrl.act_dim, dtype=np.float32)
     perf = time.perf_counter_ns
@@ -134,13 +143,16 @@ def run_rollouts(
             reward, ret, length, first = 0.0, 0.0, 0, True
             while True:
                 t0 = perf()
-                ctrl.step(obs, reward, out=action)
+                if ctrl.discrete:
+                    action = ctrl.step(obs, reward)
+                else:
+                    ctrl.step(obs, reward, out=action)
                 lat_ns.append(perf() - t0)
                 if record:
                     rec_obs.append(np.array(obs, dtype=np.float32))
                     rec_rew.append(float(reward))
                     rec_first.append(first)
-                    rec_act.append(action.copy())
+                    rec_act.append(np.array(action))
                 obs, reward, terminated, truncated, _info = env.step(action)
                 reward = float(reward)
                 ret += reward
@@ -150,12 +162,14 @@ def run_rollouts(
                     break
             returns.append(ret)
             lengths.append(length)
+            if "success" in _info:
+                successes.append(bool(_info["success"]))
     finally:
         env.close()
     return RolloutReport(
         model=str(ctrl.metadata.get("source", model)), env_id=env_id, backend=ctrl.backend, split=split, seed=seed,
         stochastic=ctrl.stochastic, returns=returns, lengths=lengths, latency_us=latency_stats(np.array(lat_ns)),
-        steps=len(lat_ns), wall_s=time.perf_counter() - start, notes=notes,
+        steps=len(lat_ns), wall_s=time.perf_counter() - start, notes=notes, successes=successes or None,
         observations=rec_obs if record else None, rewards_in=rec_rew if record else None,
         first=rec_first if record else None, actions=rec_act if record else None,
     )
@@ -166,14 +180,18 @@ def _check_spaces(ctrl: Controller, env, env_id: str) -> list[str]:
 
     notes = []
     obs_space, act_space = env.observation_space, env.action_space
-    if not isinstance(act_space, spaces.Box):
-        raise ValueError(f"{env_id} has a {type(act_space).__name__} action space; the deploy controller emits "
-                         "continuous (Box) actions only")
+    emits = f"Discrete({ctrl.act_dim})" if ctrl.discrete else f"({ctrl.act_dim},) continuous actions"
+    if ctrl.discrete != isinstance(act_space, spaces.Discrete) or not isinstance(act_space, (spaces.Box,
+                                                                                           spaces.Discrete)):
+        raise ValueError(f"{env_id} has a {type(act_space).__name__} action space; the model emits {emits}")
     if obs_space.shape != (ctrl.obs_dim,):
         raise ValueError(f"{env_id} observations have shape {obs_space.shape}, the model expects ({ctrl.obs_dim},)")
-    if act_space.shape != (ctrl.act_dim,):
+    if ctrl.discrete and int(act_space.n) != ctrl.act_dim:
+        raise ValueError(f"{env_id} has {act_space}, the model emits {emits}")
+    if not ctrl.discrete and act_space.shape != (ctrl.act_dim,):
         raise ValueError(f"{env_id} actions have shape {act_space.shape}, the model emits ({ctrl.act_dim},)")
-    if not (np.allclose(act_space.low, ctrl.action_low) and np.allclose(act_space.high, ctrl.action_high)):
+    if not ctrl.discrete and not (np.allclose(act_space.low, ctrl.action_low)
+                                  and np.allclose(act_space.high, ctrl.action_high)):
         notes.append(f"note: the model's action bounds {ctrl.action_low.tolist()}..{ctrl.action_high.tolist()} "
                      f"differ from the env's {act_space.low.tolist()}..{act_space.high.tolist()}")
     if ctrl.task_id and ctrl.task_id != env_id:

@@ -25,6 +25,13 @@ Outputs:
     mean, log_std (batch, act_dim)  the Gaussian head (pre-tanh), for diagnostics and parity checks
     new state    same names, shapes and order as the state inputs
 
+Discrete-action policies (Key-to-Door; ``discrete`` in the metadata) use the same inputs and
+state with ``act_dim`` = the number of actions, and output
+    action       (batch,) int64         argmax(logits + noise): ``noise`` is standard Gumbel noise for a
+                                        sampled action (exact categorical sampling), zeros give the greedy one
+    logits, log_probs (batch, act_dim)  the categorical head
+and ``prev_act`` is the one-hot of the chosen action.
+
 A zero state with ``is_first = 0`` and ``prev_reward = 0`` is equivalent to ``is_first = 1``. The Mamba step here is the
 same recurrence as ``resel_train.nets.mamba.Mamba.step`` with ``A = -exp(A_log)`` precomputed as a
 constant and the output contraction written as a matrix product; tests check it against both the
@@ -142,13 +149,16 @@ class StepwisePolicy(nn.Module):
         super().__init__()
         self.policy = policy.eval()
         self.obs_dim, self.act_dim, self.reward_as_input = policy.obs_dim, policy.act_dim, policy.reward_as_input
+        self.discrete = policy.discrete
         self.meta = dict(meta or {})
-        low, high = _bounds(action_low, action_high, self.act_dim)
+        low, high = ([0.0], [float(self.act_dim - 1)]) if self.discrete else _bounds(action_low, action_high,
+                                                                                     self.act_dim)
         self.action_low, self.action_high = low, high
         scale = [(hi - lo) / 2 for lo, hi in zip(low, high, strict=True)]
         offset = [(hi + lo) / 2 for lo, hi in zip(low, high, strict=True)]
         self.register_buffer("act_scale", torch.tensor(scale), persistent=False)
         self.register_buffer("act_offset", torch.tensor(offset), persistent=False)
+        self.register_buffer("action_ids", torch.arange(self.act_dim), persistent=False)  # discrete: one-hot
         encoder = policy.encoder
         self._mamba = isinstance(encoder, MambaEncoder)
         self.blocks = nn.ModuleList(_MambaBlockStep(b) for b in encoder.blocks) if self._mamba else nn.ModuleList()
@@ -204,6 +214,7 @@ class StepwisePolicy(nn.Module):
             "reward_as_input": self.reward_as_input,
             "action_low": list(self.action_low),
             "action_high": list(self.action_high),
+            "discrete": self.discrete,
             "task_id": self.meta.get("task_id"),
             "encoder": self.meta.get("encoder") or type(self.policy.encoder).__name__,
             "state_layout": [s.as_dict() for s in self.state_spec()],
@@ -218,7 +229,7 @@ class StepwisePolicy(nn.Module):
         x = pol.embedding(obs, prev_obs * keep, prev_act * keep, prev_rew)
         if self._mamba:
             enc = pol.encoder
-            h = F.elu(enc.input(x))
+            h = enc.embed_input(x)
             new_enc: list[Tensor] = []
             for i, block in enumerate(self.blocks):
                 h, conv, ssm = block(h, keep, enc_state[2 * i], enc_state[2 * i + 1])
@@ -228,6 +239,10 @@ class StepwisePolicy(nn.Module):
         else:
             context, new_enc_state = pol.encoder.step(x, is_first, tuple(enc_state))
         mean, log_std = pol._head(obs, context)
+        if self.discrete:  # (logits, log_probs); Gumbel-max with the given noise, written export-friendly
+            action = (mean + noise).argmax(-1)
+            one_hot = (action[:, None] == self.action_ids).to(obs.dtype)
+            return (action, mean, log_std, obs.clone(), one_hot, *new_enc_state)
         squashed = torch.tanh(mean + torch.exp(log_std) * noise)
         action = squashed * self.act_scale + self.act_offset
         # obs.clone(): the new state must not alias an input buffer the caller will overwrite
@@ -244,7 +259,8 @@ class StepwisePolicy(nn.Module):
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Convenience form: ``(obs, prev_reward, is_first, state) -> (action in env units, new_state)``.
 
-        ``prev_reward`` may be None (zeros), ``is_first`` may be bool, ``noise`` None (deterministic).
+        ``prev_reward`` may be None (zeros), ``is_first`` may be bool, ``noise`` None (deterministic:
+        tanh(mean), or the greedy action of a discrete policy).
         """
         batch = obs.shape[0]
         if prev_reward is None:

@@ -29,23 +29,27 @@ def model_spec(
     action_low: list[float] | None = None,
     action_high: list[float] | None = None,
     task_id: str | None = "Walker2d",
+    discrete: bool = False,
 ) -> dict[str, Any]:
-    """The checkpoint's ``model`` dict (paper-size Mamba policy for Walker2d by default)."""
+    """The checkpoint's ``model`` dict (paper-size Mamba policy for Walker2d by default).
+
+    ``discrete``: a categorical policy over ``act_dim`` actions (Key-to-Door); bounds are the index range.
+    """
     if encoder_kwargs is None:
         encoder_kwargs = dict(PAPER_MAMBA) if encoder == "mamba" else {}
     return {
         "obs_dim": obs_dim, "act_dim": act_dim, "reward_as_input": reward_as_input, "encoder": encoder,
         "encoder_kwargs": encoder_kwargs, "embed": embed, "hidden": hidden,
-        "action_low": action_low if action_low is not None else [-1.0] * act_dim,
-        "action_high": action_high if action_high is not None else [1.0] * act_dim,
-        "task_id": task_id,
+        "action_low": action_low if action_low is not None else [0.0] if discrete else [-1.0] * act_dim,
+        "action_high": action_high if action_high is not None else [act_dim - 1.0] if discrete else [1.0] * act_dim,
+        "task_id": task_id, "discrete": discrete,
     }
 
 
 def random_policy(spec: dict[str, Any], seed: int = 0, perturb: float = 0.02) -> Policy:
     torch.manual_seed(seed)
     policy = Policy(spec["obs_dim"], spec["act_dim"], spec["reward_as_input"], spec["encoder"],
-                    spec["encoder_kwargs"], spec["embed"], spec["hidden"])
+                    spec["encoder_kwargs"], spec["embed"], spec["hidden"], spec.get("discrete", False))
     if perturb:
         g = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():

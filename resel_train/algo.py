@@ -54,27 +54,73 @@ def make_adamw(groups: list[dict] | list[Tensor], lr: float, device: torch.devic
 class UpdateNoise:
     """The random draws of one update, made on the host (see the module docstring).
 
+    ``head_pair``: (2,) int64, the target heads whose minimum is the bootstrap value;
     ``target``: standard-normal noise (rows, L, act_dim) for the next action in the critic target;
     ``policy``: the same for the action of the policy loss, or None on critic-only steps;
-    ``head_pair``: (2,) int64, the target heads whose minimum is the bootstrap value.
+    ``policy_step``: whether this update also steps the policy (and alpha). Discrete-action
+    updates take exact expectations over the actions, so they carry no action noise at all
+    (``target`` and ``policy`` None) and only the head pair and this flag.
     """
 
-    target: Tensor
     head_pair: Tensor
+    target: Tensor | None = None
     policy: Tensor | None = None
+    policy_step: bool = False
+
+    def __post_init__(self) -> None:
+        self.policy_step = self.policy_step or self.policy is not None
+
+    def _map(self, fn) -> UpdateNoise:
+        return UpdateNoise(**{f.name: fn(v) if isinstance(v := getattr(self, f.name), Tensor) else v
+                              for f in fields(self)})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> UpdateNoise:
-        return UpdateNoise(**{f.name: None if getattr(self, f.name) is None
-                              else getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> UpdateNoise:
-        return UpdateNoise(**{f.name: None if getattr(self, f.name) is None else getattr(self, f.name).pin_memory()
-                              for f in fields(self)})
+        return self._map(lambda t: t.pin_memory())
 
     def padded(self, rows: int, length: int) -> UpdateNoise:
         """Zero-padded to (rows, length) along the batch and time axes (matching ``Batch.padded``)."""
-        policy = None if self.policy is None else pad_rows_time(self.policy, rows, length)
-        return UpdateNoise(target=pad_rows_time(self.target, rows, length), head_pair=self.head_pair, policy=policy)
+        pad = lambda t: None if t is None else pad_rows_time(t, rows, length)  # noqa: E731
+        return UpdateNoise(head_pair=self.head_pair, target=pad(self.target), policy=pad(self.policy),
+                           policy_step=self.policy_step)
+
+
+# ---- the two action spaces: soft value and policy objective ----------------------------------------
+# Selected once by RESeL.__init__; everything else in the update is shared.
+def gaussian_soft_value(critic: Critic, dist: tuple[Tensor, Tensor], obs: Tensor, context: Tensor,
+                        noise: Tensor | None, head_pair: Tensor, alpha: Tensor) -> Tensor:
+    """min over the head pair of Q(o, a') - alpha log pi(a'), a' a reparameterised tanh-Gaussian sample (..., 1)."""
+    act, logp = sample_squashed(*dist, noise)
+    q = critic.q(obs, act, context)
+    return q.index_select(-1, head_pair).amin(-1, keepdim=True) - alpha * logp
+
+
+def categorical_soft_value(critic: Critic, dist: tuple[Tensor, Tensor], obs: Tensor, context: Tensor,
+                           noise: Tensor | None, head_pair: Tensor, alpha: Tensor) -> Tensor:
+    """sum_a pi(a) (min over the head pair of Q(o, a) - alpha log pi(a)): the exact expectation (..., 1)."""
+    log_probs = dist[1]
+    q = critic.q_all(obs, context).index_select(-2, head_pair).amin(-2)  # (..., n_actions)
+    return (log_probs.exp() * (q - alpha * log_probs)).sum(-1, keepdim=True)
+
+
+def gaussian_policy_terms(critic: Critic, dist: tuple[Tensor, Tensor], obs: Tensor, context: Tensor,
+                          noise: Tensor | None, alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """(alpha log pi(a) - mean over heads of Q(o, a), -log pi(a)) for a reparameterised sample a, each (..., 1)."""
+    act, logp = sample_squashed(*dist, noise)
+    q = critic.q(obs, act, context).mean(-1, keepdim=True)
+    return alpha * logp - q, -logp
+
+
+def categorical_policy_terms(critic: Critic, dist: tuple[Tensor, Tensor], obs: Tensor, context: Tensor,
+                             noise: Tensor | None, alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum_a pi(a) (alpha log pi(a) - mean over heads of Q(o, a)), the entropy), each (..., 1)."""
+    log_probs = dist[1]
+    probs = log_probs.exp()
+    q = critic.q_all(obs, context).mean(-2)  # (..., n_actions)
+    objective = (probs * (alpha * log_probs - q)).sum(-1, keepdim=True)
+    return objective, -(probs * log_probs).sum(-1, keepdim=True)
 
 
 class RESeL(nn.Module):
@@ -82,12 +128,14 @@ class RESeL(nn.Module):
 
     def __init__(
         self, obs_dim: int, act_dim: int, reward_as_input: bool, model: ModelConfig, algo: AlgoConfig,
-        seed: int = 0, device: torch.device | str = "cpu",
+        seed: int = 0, device: torch.device | str = "cpu", discrete: bool = False,
     ) -> None:
+        """``discrete``: ``act_dim`` actions of a Discrete space (one-hot in the batches), else a Box of act_dim."""
         super().__init__()
-        self.algo, self.act_dim = algo, act_dim
+        self.algo, self.act_dim, self.discrete = algo, act_dim, discrete
         device = torch.device(device)
-        kw = dict(encoder=model.encoder, encoder_kwargs=model.encoder_kwargs(), embed=model.embed, hidden=model.hidden)
+        kw = dict(encoder=model.encoder, encoder_kwargs=model.encoder_kwargs(), embed=model.embed, hidden=model.hidden,
+                  discrete=discrete)
         self.policy = Policy(obs_dim, act_dim, reward_as_input, **kw)
         self.critic = Critic(obs_dim, act_dim, reward_as_input, n_heads=model.n_critics, **kw)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -100,6 +148,8 @@ class RESeL(nn.Module):
         self.critic_opt = make_adamw(parameter_groups(self.critic, algo.critic_lr, algo.encoder_lr), algo.critic_lr,
                                      device)
         self.alpha_opt = make_adamw([self.log_alpha], algo.alpha_lr, device)
+        self._soft_value = categorical_soft_value if discrete else gaussian_soft_value
+        self._policy_terms = categorical_policy_terms if discrete else gaussian_policy_terms
         self.generator = torch.Generator().manual_seed(seed)  # CPU: update noise and head pairs, resumable
         self.critic_steps = 0
 
@@ -112,34 +162,34 @@ class RESeL(nn.Module):
 
     # ---- randomness (host side) ------------------------------------------------------------------
     def draw_noise(self, rows: int, length: int) -> UpdateNoise:
-        """The next update's random draws, on the CPU; a policy draw on every ``policy_delay``-th step."""
+        """The next update's random draws, on the CPU; a policy step on every ``policy_delay``-th step."""
         shape = (rows, length, self.act_dim)
-        target = torch.randn(shape, generator=self.generator)
+        target = None if self.discrete else torch.randn(shape, generator=self.generator)
         head_pair = torch.randperm(self.critic.n_heads, generator=self.generator)[:2]
         policy_due = (self.critic_steps + 1) % self.algo.policy_delay == 0
-        policy = torch.randn(shape, generator=self.generator) if policy_due else None
-        return UpdateNoise(target=target, head_pair=head_pair, policy=policy)
+        policy = torch.randn(shape, generator=self.generator) if policy_due and not self.discrete else None
+        return UpdateNoise(head_pair=head_pair, target=target, policy=policy, policy_step=policy_due)
 
     # ---- the update (device side, no host synchronisation) ---------------------------------------
     def critic_target_value(self, batch: Batch, noise: UpdateNoise, policy_out: tuple[Tensor, Tensor] | None = None
                             ) -> Tensor:
         """y_t = r_t + gamma * (1 - terminal_t) * (min of a random pair of target heads - alpha log pi) at t+1.
 
-        ``policy_out`` (mean, log_std over the batch) is reused when the caller already ran the policy.
+        Discrete tasks take the expectation of that soft value over the next action's distribution.
+        ``policy_out`` (the policy head's pair over the batch) is reused when the caller already ran the policy.
         """
         with torch.no_grad():
             history = self._history(batch)
             if policy_out is None:
                 policy_out = self.policy(*history, batch.reset)[:2]
-            mean, log_std = (next_view(x.detach()) for x in policy_out)
-            next_act, next_logp = sample_squashed(mean, log_std, noise.target)
+            dist = tuple(next_view(x.detach()) for x in policy_out)
             context = next_view(self.critic_target.context(*history, batch.reset))
-            q_next = self.critic_target.q(next_view(batch.obs), next_act, context)
-            soft_value = q_next.index_select(-1, noise.head_pair).amin(-1, keepdim=True) - self.alpha * next_logp
+            soft_value = self._soft_value(self.critic_target, dist, next_view(batch.obs), context, noise.target,
+                                          noise.head_pair, self.alpha)
             return batch.rew + self.algo.gamma * (1.0 - batch.terminated) * soft_value
 
     def update(self, batch: Batch, noise: UpdateNoise) -> dict[str, Tensor]:
-        """One critic step (+ policy and alpha step when ``noise.policy`` is set); counts the step."""
+        """One critic step (+ policy and alpha step when ``noise.policy_step``); counts the step."""
         metrics = self.compute_update(batch, noise)
         self.critic_steps += 1
         return metrics
@@ -148,7 +198,7 @@ class RESeL(nn.Module):
         """The update's tensor work alone (what a CUDA graph captures): no Python state changes."""
         history = self._history(batch)
         # the policy does not change during the critic step: one forward serves the target and the policy loss
-        policy_out = self.policy(*history, batch.reset)[:2] if noise.policy is not None else None
+        policy_out = self.policy(*history, batch.reset)[:2] if noise.policy_step else None
         target = self.critic_target_value(batch, noise, policy_out)
         q = self.critic.q(batch.obs, batch.act, self.critic.context(*history, batch.reset))
         critic_loss = masked_mean((q - target).pow(2).sum(-1, keepdim=True), batch.mask)
@@ -164,25 +214,24 @@ class RESeL(nn.Module):
             metrics.update(self._policy_and_alpha_step(batch, policy_out, noise.policy))
         return metrics
 
-    def _policy_and_alpha_step(self, batch: Batch, policy_out: tuple[Tensor, Tensor], noise: Tensor
+    def _policy_and_alpha_step(self, batch: Batch, policy_out: tuple[Tensor, Tensor], noise: Tensor | None
                                ) -> dict[str, Tensor]:
         history = self._history(batch)
         with torch.no_grad():
             context = self.critic.context(*history, batch.reset)
-        mean, log_std = policy_out
-        act, logp = sample_squashed(mean, log_std, noise)
-        self.critic.requires_grad_(False)  # gradients reach the action, not the critic's parameters
-        q = self.critic.q(batch.obs, act, context).mean(-1, keepdim=True)
+        self.critic.requires_grad_(False)  # gradients reach the action (or its probabilities), not the critic
+        objective, entropy = self._policy_terms(self.critic, policy_out, batch.obs, context, noise, self.alpha)
         self.critic.requires_grad_(True)
-        policy_loss = masked_mean(self.alpha * logp - q, batch.mask)
+        policy_loss = masked_mean(objective, batch.mask)
         self.policy_opt.zero_grad(set_to_none=True)
         policy_loss.backward()
         policy_grad_norm = _grad_norm(self.policy)
         self.policy_opt.step()
-        metrics = {"policy_loss": policy_loss.detach(), "entropy": -masked_mean(logp.detach(), batch.mask),
+        entropy = entropy.detach()
+        metrics = {"policy_loss": policy_loss.detach(), "entropy": masked_mean(entropy, batch.mask),
                    "policy_grad_norm": policy_grad_norm}
         if self._fixed_alpha is None:
-            alpha_loss = -masked_mean(self.log_alpha * (logp.detach() + self.target_entropy), batch.mask)
+            alpha_loss = masked_mean(self.log_alpha * (entropy - self.target_entropy), batch.mask)
             self.alpha_opt.zero_grad(set_to_none=True)
             alpha_loss.backward()
             self.alpha_opt.step()

@@ -3,7 +3,7 @@
 Layout of one file (a plain dict of tensors, numbers, strings, lists and dicts):
     format: "resel-checkpoint", version: int, checksum: "sha256:<hex>" over everything else
     model: {obs_dim, act_dim, reward_as_input, encoder, encoder_kwargs, embed, hidden,
-            action_low, action_high, task_id}       -- everything needed to rebuild the policy
+            action_low, action_high, task_id, discrete}  -- everything needed to rebuild the policy
     policy: state_dict                               -- what deployment needs
     config, critic, critic_target, training, log_alpha, counters, rng, replay_file  -- training only
 
@@ -184,7 +184,7 @@ def policy_from_checkpoint(data: dict[str, Any]) -> Policy:
     spec = data["model"]
     policy = Policy(
         spec["obs_dim"], spec["act_dim"], spec["reward_as_input"], spec["encoder"], spec["encoder_kwargs"],
-        spec["embed"], spec["hidden"],
+        spec["embed"], spec["hidden"], spec.get("discrete", False),
     )
     policy.load_state_dict(data["policy"])
     return policy

@@ -49,10 +49,10 @@ class _Captured:
         """Copy a pinned host batch into the static inputs (asynchronous, ordered before the replay)."""
         for name in batch.__dataclass_fields__:
             getattr(self.batch, name).copy_(getattr(batch, name), non_blocking=True)
-        self.noise.target.copy_(noise.target, non_blocking=True)
         self.noise.head_pair.copy_(noise.head_pair, non_blocking=True)
-        if noise.policy is not None:
-            self.noise.policy.copy_(noise.policy, non_blocking=True)
+        for name in ("target", "policy"):  # None for discrete actions (and policy on critic-only steps)
+            if getattr(noise, name) is not None:
+                getattr(self.noise, name).copy_(getattr(noise, name), non_blocking=True)
 
 
 class GraphedUpdate:
@@ -70,7 +70,7 @@ class GraphedUpdate:
     def __call__(self, batch: Batch, noise: UpdateNoise) -> dict[str, Tensor]:
         """One update from a host batch and its noise; returns device metrics (read them when logging)."""
         rows, length = (bucket(n) for n in batch.reset.shape)
-        key = (rows, length, noise.policy is not None)
+        key = (rows, length, noise.policy_step)
         batch, noise = batch.padded(rows, length).pin_memory(), noise.padded(rows, length).pin_memory()
         captured = self._graphs.get(key)
         if captured is None and key not in self._warmed:

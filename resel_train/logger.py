@@ -14,7 +14,8 @@ from resel_train.atomic import atomic_write
 
 COLUMNS = (
     "step", "wall_s", "steps_per_s", "episodes", "train_return", "eval_return", "eval_return_std",
-    "critic_loss", "q_mean", "policy_loss", "entropy", "alpha", "critic_grad_norm", "policy_grad_norm",
+    "eval_success_rate", "critic_loss", "q_mean", "policy_loss", "entropy", "alpha", "critic_grad_norm",
+    "policy_grad_norm",
 )
 # TensorBoard groups (the CSV keeps the plain names): losses, evaluation, throughput; the rest is train/.
 _TB_GROUPS = {"critic_loss": "losses", "policy_loss": "losses", "wall_s": "time", "steps_per_s": "time"}

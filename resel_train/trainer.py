@@ -43,7 +43,7 @@ from resel_train.envs import make_env, task_info
 from resel_train.graphed_update import GraphedUpdate
 from resel_train.guard import DivergenceGuard, TrainingDiverged
 from resel_train.logger import RunLogger
-from resel_train.nets.policy import Policy, sample_squashed
+from resel_train.nets.policy import Policy, categorical_action, gumbel_noise, sample_squashed
 from resel_train.runlock import RunLock
 
 
@@ -119,12 +119,16 @@ class PolicyRunner:
 
     @torch.no_grad()
     def act(self, episode: EpisodeRecorder, deterministic: bool, generator: torch.Generator | None) -> np.ndarray:
-        """The next action in [-1, 1]; a stochastic one draws its noise on the CPU ``generator`` (any device)."""
+        """The next action in [-1, 1] (discrete: one-hot); a stochastic one draws its noise on the CPU ``generator``."""
         obs, prev_obs, prev_act, prev_rew = episode.policy_inputs(self.device)
         reset = torch.tensor([episode.is_first], device=self.device)
         mean, log_std, self.state = self.policy.step(
             obs, prev_obs, prev_act, prev_rew if self.policy.reward_as_input else None, reset, self.state
         )
+        if self.policy.discrete:  # mean holds the logits
+            noise = torch.zeros(mean.shape) if deterministic else gumbel_noise(tuple(mean.shape), generator)
+            index = int(categorical_action(mean[0].cpu(), noise[0]))
+            return np.eye(self.policy.act_dim, dtype=np.float32)[index]
         if deterministic:
             return torch.tanh(mean)[0].cpu().numpy()
         noise = torch.randn(mean.shape, generator=generator).to(self.device)
@@ -204,11 +208,7 @@ class Trainer:
             remove_unreferenced(self.run_dir, keep=None)  # what a killed first save left
         self.cfg = cfg
         info = task_info(cfg.env)
-        if info.discrete:
-            raise ValueError(
-                f"{cfg.env} has a discrete action space; this trainer implements continuous-action SAC "
-                "(Key-to-Door training is not supported yet)"
-            )
+        self.discrete = info.discrete
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
@@ -216,10 +216,15 @@ class Trainer:
         self.env = make_env(cfg.env, seed=cfg.seed)
         self.eval_env = make_env(cfg.env, seed=cfg.seed + 10_000, split="test")
         self.obs_dim = int(np.prod(self.env.observation_space.shape))
-        self.act_dim = int(np.prod(self.env.action_space.shape))
-        self.low = self.env.action_space.low.astype(np.float32)
-        self.high = self.env.action_space.high.astype(np.float32)
-        self.agent = RESeL(self.obs_dim, self.act_dim, info.reward_as_input, cfg.model, cfg.algo, cfg.seed, self.device)
+        if self.discrete:  # actions are one-hot vectors inside the agent and the replay; the env gets the index
+            self.act_dim = int(self.env.action_space.n)
+            self.low, self.high = np.zeros(1, np.float32), np.full(1, self.act_dim - 1, np.float32)
+        else:
+            self.act_dim = int(np.prod(self.env.action_space.shape))
+            self.low = self.env.action_space.low.astype(np.float32)
+            self.high = self.env.action_space.high.astype(np.float32)
+        self.agent = RESeL(self.obs_dim, self.act_dim, info.reward_as_input, cfg.model, cfg.algo, cfg.seed, self.device,
+                           discrete=self.discrete)
         self.graphed_update = GraphedUpdate(self.agent) if self.uses_cuda_graphs else None
         self.prefetch = Prefetch()
         self.buffer = TrajectoryBuffer(
@@ -241,6 +246,7 @@ class Trainer:
         self.saved_step: int | None = None  # env_steps of the unit on disk
         self._wall_base, self._clock = 0.0, None  # wall time of earlier processes; perf_counter at train()
         self._stop_signal: int | None = None
+        self.last_eval_success: float | None = None  # tasks whose env reports info["success"] (Key-to-Door)
         if resume:
             self._restore(saved)
         atomic_write(self.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
@@ -253,9 +259,13 @@ class Trainer:
             "reward_as_input": self.agent.policy.reward_as_input, "encoder": m.encoder,
             "encoder_kwargs": m.encoder_kwargs(), "embed": m.embed, "hidden": m.hidden,
             "action_low": self.low.tolist(), "action_high": self.high.tolist(), "task_id": self.cfg.env,
+            "discrete": self.discrete,
         }
 
-    def to_env_action(self, action: np.ndarray) -> np.ndarray:
+    def to_env_action(self, action: np.ndarray) -> np.ndarray | int:
+        """The policy's action in env units: rescaled from [-1, 1], or the index of a one-hot action."""
+        if self.discrete:
+            return int(np.argmax(action))
         return self.low + (action + 1.0) * 0.5 * (self.high - self.low)
 
     # ---- the loop ---------------------------------------------------------------------------------
@@ -332,7 +342,8 @@ class Trainer:
         callback.on_training_end()
         if self._stop_signal is not None:
             raise TrainingInterrupted(self._stop_signal, path, self.env_steps)
-        return {"env_steps": self.env_steps, "eval_return": self.last_eval, **metrics_to_floats(metrics)}
+        return {"env_steps": self.env_steps, "eval_return": self.last_eval,
+                "eval_success_rate": self.last_eval_success, **metrics_to_floats(metrics)}
 
     def wall_time(self) -> float:
         """Seconds of training over all processes of this run (continues across resumes)."""
@@ -341,7 +352,9 @@ class Trainer:
     def _env_step(self, episode: EpisodeRecorder, runner: PolicyRunner) -> np.ndarray | None:
         """One environment step; returns the first observation of a new episode when one ended."""
         action = runner.act(episode, deterministic=False, generator=self.collect_generator)
-        if self.env_steps < self.cfg.warmup_steps:
+        if self.env_steps < self.cfg.warmup_steps and self.discrete:
+            action = np.eye(self.act_dim, dtype=np.float32)[self.rng.integers(self.act_dim)]
+        elif self.env_steps < self.cfg.warmup_steps:
             action = self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
         next_obs, reward, terminated, truncated, _ = self.env.step(self.to_env_action(action))
         episode.add(action.astype(np.float32), float(reward), np.asarray(next_obs, np.float32))
@@ -382,11 +395,12 @@ class Trainer:
         """Mean return of the deterministic policy from a zero state (held-out tasks where there are any).
 
         Records it as ``last_eval`` / ``last_eval_std`` / ``last_eval_step`` (the log row of that step
-        carries it); a diverged policy is not evaluated (:class:`TrainingDiverged`).
+        carries it) and ``last_eval_success``: the fraction of episodes that ended with ``info["success"]``
+        (None for tasks that do not report it). A diverged policy is not evaluated (:class:`TrainingDiverged`).
         """
         self.guard.check(self.env_steps)
         runner = PolicyRunner(self.agent.policy, self.device)
-        returns = []
+        returns, successes = [], []
         for i in range(episodes or self.cfg.eval_episodes):
             obs, _ = self.eval_env.reset(seed=self.cfg.seed + 10_000 + i)
             episode = EpisodeRecorder(np.asarray(obs, np.float32), self.act_dim)
@@ -394,18 +408,22 @@ class Trainer:
             done = False
             while not done:
                 action = runner.act(episode, deterministic=True, generator=None)
-                obs, reward, terminated, truncated, _ = self.eval_env.step(self.to_env_action(action))
+                obs, reward, terminated, truncated, info = self.eval_env.step(self.to_env_action(action))
                 episode.add(action, float(reward), np.asarray(obs, np.float32))
                 done = terminated or truncated
             returns.append(float(np.sum(episode.rew)))
+            if "success" in info:
+                successes.append(bool(info["success"]))
         self.last_eval, self.last_eval_std = float(np.mean(returns)), float(np.std(returns))
+        self.last_eval_success = float(np.mean(successes)) if successes else None
         self.last_eval_step = self.env_steps
         return self.last_eval
 
     def _status(self, rate: float) -> str:
         train = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
         evalr = f"{self.last_eval:.1f}" if self.last_eval is not None else "-"
-        return f"{rate:.0f} steps/s  train {train}  eval {evalr}"
+        success = f"  success {self.last_eval_success:.0%}" if self.last_eval_success is not None else ""
+        return f"{rate:.0f} steps/s  train {train}  eval {evalr}{success}"
 
     def _log(self, logger: RunLogger, metrics: dict[str, torch.Tensor], rate: float, start_time: float,
              evaluated: bool) -> None:
@@ -415,6 +433,7 @@ class Trainer:
             "train_return": float(np.mean(self.recent_returns)) if self.recent_returns else None,
             "eval_return": self.last_eval if evaluated else None,
             "eval_return_std": self.last_eval_std if evaluated else None,
+            "eval_success_rate": self.last_eval_success if evaluated else None,
             **metrics_to_floats(metrics),
         })
 

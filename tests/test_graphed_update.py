@@ -28,23 +28,25 @@ def test_bucket_rounds_up_by_at_most_an_eighth_to_few_sizes():
         bucket(0)
 
 
-def make_agent(encoder: str, device="cpu") -> RESeL:
-    cfg = resolve_config("Pendulum-V", overrides=TINY + [f"model.encoder={encoder}"])
+def make_agent(encoder: str, device="cpu", discrete: bool = False) -> RESeL:
+    """A tiny agent for a 1-d Box, or (``discrete``) for 3 actions with the conv-free Key-to-Door Mamba."""
+    env, extra = ("KeyToDoor-60", ["model.d_conv=1"]) if discrete else ("Pendulum-V", [])
+    cfg = resolve_config(env, overrides=TINY + extra + [f"model.encoder={encoder}"])
     torch.manual_seed(0)
-    return RESeL(2, 1, False, cfg.model, cfg.algo, seed=0, device=device)
+    return RESeL(2, 3 if discrete else 1, False, cfg.model, cfg.algo, seed=0, device=device, discrete=discrete)
 
 
-def filled_buffer(seed=0) -> TrajectoryBuffer:
+def filled_buffer(seed=0, discrete: bool = False) -> TrajectoryBuffer:
     rng = np.random.default_rng(seed)
-    buf = TrajectoryBuffer(2, 1, capacity=5000, pad=3, seed=seed)
+    buf = TrajectoryBuffer(2, 3 if discrete else 1, capacity=5000, pad=3, seed=seed)
     for length in (17, 40, 9, 33, 25, 50, 12):
-        buf.add_trajectory(rng.normal(size=(length + 1, 2)), rng.uniform(-1, 1, (length, 1)), rng.normal(size=length),
-                           bool(rng.random() < 0.5))
+        act = np.eye(3)[rng.integers(3, size=length)] if discrete else rng.uniform(-1, 1, (length, 1))
+        buf.add_trajectory(rng.normal(size=(length + 1, 2)), act, rng.normal(size=length), bool(rng.random() < 0.5))
     return buf
 
 
 def run_updates(agent: RESeL, steps: int, pad: tuple[int, int] | None, device="cpu", seed=0) -> list[dict]:
-    buf, out = filled_buffer(seed), []
+    buf, out = filled_buffer(seed, agent.discrete), []
     for _ in range(steps):
         batch = buf.sample(60)
         noise = agent.draw_noise(*batch.reset.shape)
@@ -60,10 +62,10 @@ def assert_same_parameters(a: RESeL, b: RESeL, atol: float) -> None:
         torch.testing.assert_close(x.cpu(), y.cpu(), rtol=0, atol=atol, msg=name)
 
 
-@pytest.mark.parametrize("encoder", ["mamba", "mlp", "gru"])
-def test_padding_the_batch_and_noise_changes_no_update(encoder):
+@pytest.mark.parametrize("encoder,discrete", [("mamba", False), ("mlp", False), ("gru", False), ("mamba", True)])
+def test_padding_the_batch_and_noise_changes_no_update(encoder, discrete):
     """Extra zero rows and slots (what static shapes add) give the same parameters after 4 updates."""
-    plain, padded = make_agent(encoder), make_agent(encoder)
+    plain, padded = make_agent(encoder, discrete=discrete), make_agent(encoder, discrete=discrete)
     m_plain = run_updates(plain, 4, pad=None)
     m_padded = run_updates(padded, 4, pad=(2, 21))
     assert plain.critic_steps == padded.critic_steps == 4
@@ -91,12 +93,12 @@ def test_cuda_update_matches_cpu(encoder):
 
 
 @needs_cuda
-@pytest.mark.parametrize("encoder", ["mamba", "mlp"])
-def test_graph_replay_matches_the_eager_update(encoder):
+@pytest.mark.parametrize("encoder,discrete", [("mamba", False), ("mlp", False), ("mamba", True)])
+def test_graph_replay_matches_the_eager_update(encoder, discrete):
     """Warm-up, capture and replay over changing shapes give the eager run's parameters and metrics."""
-    eager, graphed = make_agent(encoder, "cuda"), make_agent(encoder, "cuda")
+    eager, graphed = make_agent(encoder, "cuda", discrete), make_agent(encoder, "cuda", discrete)
     replay = GraphedUpdate(graphed)
-    buf_a, buf_b = filled_buffer(), filled_buffer()
+    buf_a, buf_b = filled_buffer(discrete=discrete), filled_buffer(discrete=discrete)
     for _ in range(12):
         batch_a, batch_b = buf_a.sample(60), buf_b.sample(60)
         rows, length = (bucket(n) for n in batch_a.reset.shape)

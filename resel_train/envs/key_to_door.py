@@ -16,6 +16,8 @@ Observation: the 5x5 egocentric crop (agent at the centre) of an RGB-like image,
 [0, 1], flattened in (row, col, channel) order to 75 float32 values. Colours: floor black, wall
 grey, key yellow, apple green, door red, agent blue. Whether the key is held is *not* observed.
 Actions (Discrete(4)): 0 up, 1 down, 2 left, 3 right; walking into a wall does nothing.
+``info``: the phase, whether the key is held, and ``success`` (the door was opened with the key),
+which the trainer's evaluation and ``resel eval`` / ``resel rollout`` report as the success rate.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class KeyToDoorEnv(gym.Env):
         self.phase = 0
         self.t = 0
         self.has_key = False
+        self.door_opened = False
         self._respawn: dict[tuple[int, int], int] = {}
 
     # --- room set-up -------------------------------------------------------------------------
@@ -98,13 +101,14 @@ class KeyToDoorEnv(gym.Env):
         return image[r - half : r + half + 1, c - half : c + half + 1].reshape(-1).copy()
 
     def _info(self) -> dict[str, Any]:
-        return {"phase": PHASES[self.phase], "has_key": self.has_key}
+        return {"phase": PHASES[self.phase], "has_key": self.has_key, "success": self.door_opened}
 
     # --- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self.t = 0
         self.has_key = False
+        self.door_opened = False
         self._enter_phase(0)
         return self._observation(), self._info()
 
@@ -125,6 +129,7 @@ class KeyToDoorEnv(gym.Env):
             self._respawn[cell] = self.t + RESPAWN_EVERY
         elif item == DOOR and self.has_key:
             reward = DOOR_REWARD
+            self.door_opened = True
             self.grid[cell] = EMPTY
 
         self.t += 1

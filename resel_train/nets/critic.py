@@ -1,4 +1,10 @@
-"""The RESeL critic: its own history embedding and context encoder, and an 8-head Q ensemble."""
+"""The RESeL critic: its own history embedding and context encoder, and an 8-head Q ensemble.
+
+Continuous tasks: each head maps (o_t, a_t, context_t) to one value. Discrete tasks: the action is
+not an input of the head; each head outputs Q for every action at once (``q_all``), and the Q of a
+stored (one-hot) action is picked out of it, so the target and the policy loss can take exact
+expectations over the policy's action distribution.
+"""
 
 from __future__ import annotations
 
@@ -39,16 +45,18 @@ class Critic(nn.Module):
         n_heads: int = 8,
         embed: int = 128,
         hidden: int = 256,
+        discrete: bool = False,
     ) -> None:
         super().__init__()
-        self.n_heads = n_heads
+        self.n_heads, self.discrete = n_heads, discrete
         self.embedding = HistoryEmbedding(obs_dim, act_dim, reward_as_input, embed)
         self.encoder = make_encoder(encoder, self.embedding.out_dim, embed, hidden, **(encoder_kwargs or {}))
         self.head_obs = nn.Linear(obs_dim, embed)
-        self.head_act = nn.Linear(act_dim, embed)
+        self.head_act = None if discrete else nn.Linear(act_dim, embed)
+        head_in, head_out = (2 * embed, act_dim) if discrete else (3 * embed, 1)
         self.layers = nn.ModuleList(
-            [EnsembleLinear(n_heads, 3 * embed, hidden), EnsembleLinear(n_heads, hidden, hidden),
-             EnsembleLinear(n_heads, hidden, 1)]
+            [EnsembleLinear(n_heads, head_in, hidden), EnsembleLinear(n_heads, hidden, hidden),
+             EnsembleLinear(n_heads, hidden, head_out)]
         )
         xavier_init(self)
 
@@ -60,10 +68,20 @@ class Critic(nn.Module):
         return self.encoder(self.embedding(obs, prev_obs, prev_act, prev_rew), resets, state)[0]
 
     def q(self, obs: Tensor, act: Tensor, context: Tensor) -> Tensor:
-        """Q values (..., n_heads) for any leading shape."""
-        lead = obs.shape[:-1]
-        x = torch.cat([self.head_obs(obs), self.head_act(act), context], dim=-1)
+        """Q values (..., n_heads) for any leading shape; discrete ``act`` is one-hot (or any weighting)."""
+        if self.discrete:
+            return (self.q_all(obs, context) * act[..., None, :]).sum(-1)
+        return self._heads(torch.cat([self.head_obs(obs), self.head_act(act), context], dim=-1)).squeeze(-1)
+
+    def q_all(self, obs: Tensor, context: Tensor) -> Tensor:
+        """Discrete tasks: Q of every action, (..., n_heads, n_actions)."""
+        return self._heads(torch.cat([self.head_obs(obs), context], dim=-1))
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """The ensemble MLPs on (..., in) -> (..., n_heads, out)."""
+        lead = x.shape[:-1]
         x = x.reshape(1, -1, x.shape[-1]).expand(self.n_heads, -1, -1)
         for layer in self.layers[:-1]:
             x = F.elu(layer(x))
-        return self.layers[-1](x).squeeze(-1).transpose(0, 1).reshape(*lead, self.n_heads)
+        x = self.layers[-1](x)
+        return x.transpose(0, 1).reshape(*lead, self.n_heads, x.shape[-1])

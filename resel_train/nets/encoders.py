@@ -1,4 +1,7 @@
-"""Context encoders: Linear -> ELU -> memory core -> ELU -> Linear, with one interface for all cores.
+"""Context encoders: MLP (Linear -> ELU, ``input_layers`` times) -> memory core -> ELU -> Linear.
+
+The input MLP has one layer except on Key-to-Door, where the paper uses three (256 each).
+Every encoder shares one interface:
 
 Every encoder offers
 - ``initial_state(batch)``: a tuple of zero tensors (empty for the memoryless MLP);
@@ -25,11 +28,21 @@ ENCODER_KINDS = ("mamba", "gru", "mlp")
 class ContextEncoder(nn.Module):
     """Shared wrapper; subclasses implement the memory core between the two linear layers."""
 
-    def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256) -> None:
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256, input_layers: int = 1) -> None:
         super().__init__()
+        if input_layers < 1:
+            raise ValueError(f"input_layers must be >= 1, got {input_layers}")
         self.in_dim, self.out_dim, self.hidden = in_dim, out_dim, hidden
         self.input = nn.Linear(in_dim, hidden)
+        self.input_more = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(input_layers - 1))
         self.output = nn.Linear(hidden, out_dim)
+
+    def embed_input(self, x: Tensor) -> Tensor:
+        """The MLP before the memory core (every layer ELU-activated)."""
+        h = F.elu(self.input(x))
+        for layer in self.input_more:
+            h = F.elu(layer(h))
+        return h
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
         raise NotImplementedError
@@ -47,11 +60,11 @@ class ContextEncoder(nn.Module):
     def forward(self, x_seq: Tensor, resets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         if state is None:
             state = self.initial_state(x_seq.shape[0], x_seq.device, x_seq.dtype)
-        h, state = self._core(F.elu(self.input(x_seq)), resets, state)
+        h, state = self._core(self.embed_input(x_seq), resets, state)
         return self.output(F.elu(h)), state
 
     def step(self, x_t: Tensor, reset_t: Tensor, state: State) -> tuple[Tensor, State]:
-        h, state = self._core_step(F.elu(self.input(x_t)), reset_t, state)
+        h, state = self._core_step(self.embed_input(x_t), reset_t, state)
         return self.output(F.elu(h)), state
 
 
@@ -69,8 +82,9 @@ class MambaEncoder(ContextEncoder):
         expand: int = 2,
         dt_rank: int = 16,
         scan_impl: str = "auto",
+        input_layers: int = 1,
     ) -> None:
-        super().__init__(in_dim, out_dim, hidden)
+        super().__init__(in_dim, out_dim, hidden, input_layers)
         self.blocks = nn.ModuleList(
             MambaBlock(hidden, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, scan_impl=scan_impl)
             for _ in range(n_blocks)
@@ -102,8 +116,8 @@ class GRUEncoder(ContextEncoder):
     otherwise) once over the batch laid out one trajectory segment per row, since ``nn.GRU`` cannot
     take resets; ``step`` applies the same maths to the same weights, one step at a time."""
 
-    def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256) -> None:
-        super().__init__(in_dim, out_dim, hidden)
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256, input_layers: int = 1) -> None:
+        super().__init__(in_dim, out_dim, hidden, input_layers)
         self.gru = nn.GRU(hidden, hidden, num_layers=1, batch_first=True)
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
@@ -143,8 +157,8 @@ class GRUEncoder(ContextEncoder):
 class MLPEncoder(ContextEncoder):
     """No memory: the baseline that sees only the current inputs."""
 
-    def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256) -> None:
-        super().__init__(in_dim, out_dim, hidden)
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256, input_layers: int = 1) -> None:
+        super().__init__(in_dim, out_dim, hidden, input_layers)
         self.hidden_layer = nn.Linear(hidden, hidden)
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
@@ -160,12 +174,13 @@ class MLPEncoder(ContextEncoder):
         return self.hidden_layer(h), ()
 
 
-def make_encoder(kind: str, in_dim: int, out_dim: int = 128, hidden: int = 256, **mamba_kwargs) -> ContextEncoder:
+def make_encoder(kind: str, in_dim: int, out_dim: int = 128, hidden: int = 256, input_layers: int = 1,
+                 **mamba_kwargs) -> ContextEncoder:
     """Build a context encoder by name; ``mamba_kwargs`` (n_blocks, d_state, ...) apply to Mamba only."""
     if kind == "mamba":
-        return MambaEncoder(in_dim, out_dim, hidden, **mamba_kwargs)
+        return MambaEncoder(in_dim, out_dim, hidden, input_layers=input_layers, **mamba_kwargs)
     if kind == "gru":
-        return GRUEncoder(in_dim, out_dim, hidden)
+        return GRUEncoder(in_dim, out_dim, hidden, input_layers)
     if kind == "mlp":
-        return MLPEncoder(in_dim, out_dim, hidden)
+        return MLPEncoder(in_dim, out_dim, hidden, input_layers)
     raise ValueError(f"unknown encoder {kind!r}; choose one of {ENCODER_KINDS}")

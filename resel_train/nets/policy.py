@@ -1,4 +1,9 @@
-"""The RESeL policy: history embedding -> context encoder -> tanh-squashed Gaussian head."""
+"""The RESeL policy: history embedding -> context encoder -> tanh-squashed Gaussian or categorical head.
+
+Continuous tasks get a Gaussian head (mean, log_std); Discrete ones (Key-to-Door) a categorical
+head over ``act_dim`` actions that outputs (logits, log_probs). Either pair is what the update and
+the deployment step consume, so both action spaces share every other line of the network.
+"""
 
 from __future__ import annotations
 
@@ -26,28 +31,34 @@ class Policy(nn.Module):
         encoder_kwargs: dict | None = None,
         embed: int = 128,
         hidden: int = 256,
+        discrete: bool = False,
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim, self.reward_as_input = obs_dim, act_dim, reward_as_input
+        self.discrete = discrete
         self.embedding = HistoryEmbedding(obs_dim, act_dim, reward_as_input, embed)
         self.encoder = make_encoder(encoder, self.embedding.out_dim, embed, hidden, **(encoder_kwargs or {}))
         self.head_obs = nn.Linear(obs_dim, embed)
         self.head = nn.Sequential(
             nn.Linear(2 * embed, hidden), nn.ELU(),
             nn.Linear(hidden, hidden), nn.ELU(),
-            nn.Linear(hidden, 2 * act_dim),
+            nn.Linear(hidden, act_dim if discrete else 2 * act_dim),
         )
         xavier_init(self)
 
     def _head(self, obs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        log_std, mean = self.head(torch.cat([self.head_obs(obs), context], dim=-1)).chunk(2, dim=-1)
+        """(mean, log_std) of the Gaussian, or (logits, log_probs) of the categorical, each (..., act_dim)."""
+        out = self.head(torch.cat([self.head_obs(obs), context], dim=-1))
+        if self.discrete:
+            return out, torch.log_softmax(out, dim=-1)
+        log_std, mean = out.chunk(2, dim=-1)
         return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def forward(
         self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None, resets: Tensor,
         state: State | None = None,
     ) -> tuple[Tensor, Tensor, State]:
-        """Sequences (b, L, .) -> mean, log_std (b, L, act_dim) and the final encoder state."""
+        """Sequences (b, L, .) -> the head's pair (b, L, act_dim) (see ``_head``) and the final encoder state."""
         context, state = self.encoder(self.embedding(obs, prev_obs, prev_act, prev_rew), resets, state)
         mean, log_std = self._head(obs, context)
         return mean, log_std, state
@@ -73,3 +84,13 @@ def sample_squashed(mean: Tensor, log_std: Tensor, noise: Tensor) -> tuple[Tenso
     correction = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
     log_prob = (gaussian - correction).sum(-1, keepdim=True)
     return torch.tanh(pre_tanh), log_prob
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
+    """Standard Gumbel noise -log(-log U): argmax(logits + noise) is an exact categorical sample."""
+    return -torch.log(-torch.log(torch.rand(shape, generator=generator)))
+
+
+def categorical_action(logits: Tensor, gumbel: Tensor) -> Tensor:
+    """The action index argmax(logits + gumbel) (int64, ``logits`` without its last axis); zero noise: greedy."""
+    return (logits + gumbel).argmax(-1)
