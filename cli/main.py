@@ -19,6 +19,8 @@ console = Console()
 class Encoder(str, Enum):
     mamba = "mamba"
     gru = "gru"
+    lstm = "lstm"
+    s5 = "s5"
     mlp = "mlp"
 
 
