@@ -9,7 +9,11 @@ times, forward + backward, with a reset at the start of every row and at a few r
 - ``mamba/parallel`` and ``mamba/loop``: the paper-size encoder ``make_encoder("mamba", 384, 128, 256)``
   (d_state 64, d_conv 8, expand 2 -> d_inner 512, dt_rank 16) on either scan;
 - ``gru`` and ``mlp``: ``make_encoder("gru" / "mlp", 384)`` (the GRU: one ``nn.GRU`` call over the batch
-  laid out one trajectory segment per row).
+  laid out one trajectory segment per row);
+- ``lstm``: ``make_encoder("lstm", 384)`` (one ``nn.LSTM`` call over the same layout, segments packed by
+  length);
+- ``s5/parallel`` and ``s5/loop``: ``make_encoder("s5", 384)``, one resettable S5 layer with 64 complex
+  modes, on the log-depth scan or on its per-step reference loop.
 
 Each time is compared with a floor for this machine, from rates measured here (matmul FLOP/s,
 element-wise elements/s for exp / mul / addcmul on in-cache tensors, copy bandwidth); the op counts
@@ -56,6 +60,7 @@ LENGTHS = (64, 256, 1024, 4096)
 IN_DIM, OUT_DIM, HIDDEN = 384, 128, 256
 D_STATE, D_CONV, EXPAND, DT_RANK = 64, 8, 2, 16
 D_INNER = EXPAND * HIDDEN
+S5_STATE = 64  # make_encoder("s5")'s default complex modes
 RESET_PROB = 1 / 500  # extra resets inside rows (on top of one at every row start)
 
 # Paper (RESeL, RTX 4090): one update on full 1000-step trajectories.
@@ -180,6 +185,10 @@ def linear_shapes(kind: str) -> list[tuple[int, int]]:
                    (D_INNER, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, HIDDEN)]
     elif kind == "gru":
         shapes += [(HIDDEN, 3 * HIDDEN), (HIDDEN, 3 * HIDDEN)]  # input and recurrent gate products
+    elif kind == "lstm":
+        shapes += [(HIDDEN, 4 * HIDDEN), (HIDDEN, 4 * HIDDEN)]
+    elif kind == "s5":  # Bbar u (real and imaginary part), the 2 Re(C h) readout, the GLU gate
+        shapes += [(HIDDEN, 2 * S5_STATE), (2 * S5_STATE, HIDDEN), (HIDDEN, HIDDEN)]
     elif kind == "mlp":
         shapes += [(HIDDEN, HIDDEN)]
     return shapes
@@ -191,6 +200,8 @@ def encoder_work(kind: str, batch: int, length: int, n_params: int) -> dict:
     if kind == "mamba":
         work = scan_work(batch, length)
         work["fma"] += 3 * D_CONV * tokens * D_INNER  # conv: forward, grad input, grad weight
+    if kind == "s5":  # log-depth scan: per level one complex multiply-add (4 real FMAs) forward, two backward
+        work["fma"] += 3 * 4 * max(1, math.ceil(math.log2(length))) * tokens * S5_STATE
     work["flops"] = 3 * sum(2 * i * o for i, o in linear_shapes(kind)) * tokens
     work["bytes"] = work.get("bytes", 0) + F32 * (2 * tokens * (IN_DIM + OUT_DIM) + 3 * n_params)
     return work
@@ -260,7 +271,7 @@ def scan_case(impl: str, batch: int, length: int, traj_len: int | None = None):
 
 
 def encoder_case(kind: str, impl: str | None, batch: int, length: int, traj_len: int | None = None):
-    kwargs = {"scan_impl": impl} if kind == "mamba" else {}
+    kwargs = {"scan_impl": impl} if kind in ("mamba", "s5") else {}
     torch.manual_seed(0)
     enc = make_encoder(kind, IN_DIM, OUT_DIM, HIDDEN, **kwargs)
     x = torch.randn(batch, length, IN_DIM, requires_grad=True)  # the pre-encoders need grad_x
@@ -280,12 +291,12 @@ def repetitions(name: str, length: int, quick: bool) -> tuple[int, int]:
     """(timed repetitions, untimed warm-up runs)."""
     if name.endswith("/loop"):  # the autograd reference loop: seconds per run, ~1.5 GB of saved tensors
         return (1, 0) if (quick or length >= 1024) else (2, 0)
-    if name == "gru" and length >= 1024:
+    if name in ("gru", "lstm") and length >= 1024:
         return (2, 1) if quick else (3, 1)
     return (3, 1) if quick else (7, 1)
 
 
-CASES = ("scan/parallel", "scan/loop", "mamba/parallel", "mamba/loop", "gru", "mlp")
+CASES = ("scan/parallel", "scan/loop", "mamba/parallel", "mamba/loop", "gru", "lstm", "s5/parallel", "s5/loop", "mlp")
 
 
 def build(name: str, batch: int, length: int, traj_len: int | None = None):

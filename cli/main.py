@@ -41,6 +41,8 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebac
 class Encoder(str, Enum):
     mamba = "mamba"
     gru = "gru"
+    lstm = "lstm"
+    s5 = "s5"
     mlp = "mlp"
 
 

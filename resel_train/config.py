@@ -19,9 +19,9 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    encoder: str = "mamba"  # mamba | gru | mlp
-    n_blocks: int = 1
-    d_state: int = 64
+    encoder: str = "mamba"  # mamba | gru | lstm | s5 | mlp
+    n_blocks: int = 1  # Mamba blocks, or S5 layers
+    d_state: int = 64  # Mamba: per channel; S5: complex modes per layer
     d_conv: int = 8
     expand: int = 2
     dt_rank: int = 16
@@ -31,6 +31,8 @@ class ModelConfig:
     input_layers: int = 1  # layers of the MLP before the memory core (Key-to-Door: 3)
 
     def encoder_kwargs(self) -> dict[str, int]:
+        if self.encoder == "s5":
+            return dict(n_layers=self.n_blocks, d_state=self.d_state, input_layers=self.input_layers)
         if self.encoder != "mamba":
             return dict(input_layers=self.input_layers)
         return dict(n_blocks=self.n_blocks, d_state=self.d_state, d_conv=self.d_conv, expand=self.expand,

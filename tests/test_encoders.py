@@ -13,7 +13,7 @@ SMALL_MAMBA = dict(d_state=8, d_conv=4, expand=2, dt_rank=4)
 
 def encoder(kind, in_dim=6, seed=0, **kw):
     torch.manual_seed(seed)
-    extra = {**SMALL_MAMBA, **kw} if kind == "mamba" else {}
+    extra = {**SMALL_MAMBA, **kw} if kind == "mamba" else ({"d_state": 4, **kw} if kind == "s5" else {})
     return make_encoder(kind, in_dim, out_dim=8, hidden=16, **extra)
 
 
@@ -27,7 +27,7 @@ def sequence(batch=3, length=41, in_dim=6, seed=1):
     return x, resets
 
 
-@pytest.mark.parametrize("kind", ["mamba", "gru", "mlp"])
+@pytest.mark.parametrize("kind", ["mamba", "gru", "lstm", "s5", "mlp"])
 def test_step_equals_forward_float32(kind):
     enc = encoder(kind)
     x, resets = sequence()
@@ -53,7 +53,7 @@ def test_two_mamba_blocks_step_equals_forward():
     assert enc.state_names() == ["block0.conv", "block0.ssm", "block1.conv", "block1.ssm"]
 
 
-@pytest.mark.parametrize("kind", ["mamba", "gru"])
+@pytest.mark.parametrize("kind", ["mamba", "gru", "lstm", "s5"])
 def test_stacked_with_padding_equals_alone(kind):
     enc = encoder(kind).double()
     g = torch.Generator().manual_seed(3)
@@ -69,7 +69,7 @@ def test_stacked_with_padding_equals_alone(kind):
         torch.testing.assert_close(y_row[:, lo:lo + seg.shape[1]], alone, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["mamba", "gru"])
+@pytest.mark.parametrize("kind", ["mamba", "gru", "lstm", "s5"])
 def test_state_carried_across_calls(kind):
     enc = encoder(kind)
     x, resets = sequence(length=30)
@@ -98,5 +98,7 @@ def test_mamba_init_and_mamba_ssm_parameter_layout():
 
 
 def test_unknown_encoder_is_named():
-    with pytest.raises(ValueError, match="unknown encoder 'lstm'"):
-        make_encoder("lstm", 4)
+    with pytest.raises(ValueError, match="unknown encoder 'transformer'"):
+        make_encoder("transformer", 4)
+    with pytest.raises(ValueError, match="takes no encoder_kwargs"):
+        make_encoder("lstm", 4, d_state=8)

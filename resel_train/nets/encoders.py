@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resel_train.nets.mamba import MambaBlock
+from resel_train.nets.s5 import S5Layer
 from resel_train.nets.segments import segment_layout
 
 State = tuple[Tensor, ...]
-ENCODER_KINDS = ("mamba", "gru", "mlp")
+ENCODER_KINDS = ("mamba", "gru", "lstm", "s5", "mlp")
 
 
 class ContextEncoder(nn.Module):
@@ -154,6 +155,87 @@ class GRUEncoder(ContextEncoder):
         return h, (h,)
 
 
+class LSTMEncoder(ContextEncoder):
+    """The pomdp-baselines LSTM. Like the GRU, the sequence form runs ``nn.LSTM`` once over the batch laid
+    out one trajectory segment per row; the segments are packed by length, so the LSTM's own final
+    (h, c) is each segment's state after its last valid step (the cell state c is not an output, so it
+    could not be read back from the padded outputs). ``step`` is the same maths on the same weights."""
+
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256, input_layers: int = 1) -> None:
+        super().__init__(in_dim, out_dim, hidden, input_layers)
+        self.lstm = nn.LSTM(hidden, hidden, num_layers=1, batch_first=True)
+
+    def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        return tuple(torch.zeros(batch, self.hidden, device=device, dtype=dtype) for _ in range(2))
+
+    def state_names(self) -> list[str]:
+        return ["lstm.h", "lstm.c"]
+
+    def _core(self, h_in, resets, state):
+        layout = segment_layout(resets)
+        carried = ~resets[:, 0].to(torch.bool)
+        h0, c0 = layout.initial(state[0], carried), layout.initial(state[1], carried)
+        lengths = torch.bincount(layout.index // layout.max_len, minlength=layout.num_segments)
+        packed = nn.utils.rnn.pack_padded_sequence(layout.pack(h_in), lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        y, (h_n, c_n) = self.lstm(packed, (h0[None], c0[None]))
+        y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=layout.max_len)
+        row_last = torch.cat([layout.row_first[1:] - 1, layout.row_first.new_full((1,), layout.num_segments - 1)])
+        return layout.unpack(y), (h_n[0, row_last], c_n[0, row_last])
+
+    def _core_step(self, h_in, reset, state):
+        m = self.lstm
+        keep = (1.0 - reset.to(h_in.dtype))[:, None]
+        h, c = state[0] * keep, state[1] * keep
+        gates = F.linear(h_in, m.weight_ih_l0, m.bias_ih_l0) + F.linear(h, m.weight_hh_l0, m.bias_hh_l0)
+        i, f, g, o = gates.chunk(4, dim=-1)  # nn.LSTM's gate order
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, (h, c)
+
+
+class S5Encoder(ContextEncoder):
+    """The resettable S5 of the in-context RL paper: a stack of S5 layers (resel_train/nets/s5.py) at width
+    ``hidden``; per layer the state is the complex S5 state as real and imaginary parts."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 128,
+        hidden: int = 256,
+        n_layers: int = 1,
+        d_state: int = 64,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        scan_impl: str = "parallel",
+        input_layers: int = 1,
+    ) -> None:
+        super().__init__(in_dim, out_dim, hidden, input_layers)
+        self.layers = nn.ModuleList(
+            S5Layer(hidden, d_state, dt_min=dt_min, dt_max=dt_max, scan_impl=scan_impl) for _ in range(n_layers)
+        )
+
+    def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        return tuple(t for layer in self.layers for t in layer.ssm.initial_state(batch, device, dtype))
+
+    def state_names(self) -> list[str]:
+        return [f"layer{i}.{part}" for i in range(len(self.layers)) for part in ("re", "im")]
+
+    def _core(self, h, resets, state):
+        new_state: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            h, pair = layer(h, resets, (state[2 * i], state[2 * i + 1]))
+            new_state += pair
+        return h, tuple(new_state)
+
+    def _core_step(self, h, reset, state):
+        new_state: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            h, pair = layer.step(h, reset, (state[2 * i], state[2 * i + 1]))
+            new_state += pair
+        return h, tuple(new_state)
+
+
 class MLPEncoder(ContextEncoder):
     """No memory: the baseline that sees only the current inputs."""
 
@@ -175,12 +257,19 @@ class MLPEncoder(ContextEncoder):
 
 
 def make_encoder(kind: str, in_dim: int, out_dim: int = 128, hidden: int = 256, input_layers: int = 1,
-                 **mamba_kwargs) -> ContextEncoder:
-    """Build a context encoder by name; ``mamba_kwargs`` (n_blocks, d_state, ...) apply to Mamba only."""
+                 **kwargs) -> ContextEncoder:
+    """Build a context encoder by name. ``input_layers``: the MLP before the memory core (all kinds);
+    ``kwargs`` go to Mamba (n_blocks, d_state, ...) and S5 (n_layers, d_state, ...); GRU, LSTM and MLP take none."""
     if kind == "mamba":
-        return MambaEncoder(in_dim, out_dim, hidden, input_layers=input_layers, **mamba_kwargs)
+        return MambaEncoder(in_dim, out_dim, hidden, input_layers=input_layers, **kwargs)
+    if kind == "s5":
+        return S5Encoder(in_dim, out_dim, hidden, input_layers=input_layers, **kwargs)
+    if kind in ("gru", "lstm", "mlp") and kwargs:
+        raise ValueError(f"the {kind} encoder takes no encoder_kwargs; got {sorted(kwargs)}")
     if kind == "gru":
         return GRUEncoder(in_dim, out_dim, hidden, input_layers)
+    if kind == "lstm":
+        return LSTMEncoder(in_dim, out_dim, hidden, input_layers)
     if kind == "mlp":
         return MLPEncoder(in_dim, out_dim, hidden, input_layers)
     raise ValueError(f"unknown encoder {kind!r}; choose one of {ENCODER_KINDS}")
