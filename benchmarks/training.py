@@ -36,7 +36,7 @@ def run_dir(out: Path, env: str, encoder: str, seed: int) -> Path:
 
 def launch(env: str, encoder: str, seed: int, steps: int, preset: str, out: Path, extra: list[str]) -> subprocess.Popen:
     log = out / f"{env}_{encoder}_s{seed}.log"
-    cmd = [sys.executable, "-m", "cli.main", "train", "--env", env, "--encoder", encoder, "--seed", str(seed),
+    cmd = [sys.executable, "-m", "resel.cli.main", "train", "--env", env, "--encoder", encoder, "--seed", str(seed),
            "--steps", str(steps), "--preset", preset, "--out", str(out), "--no-progress", "--set", "threads=1"]
     for item in extra:
         cmd += ["--set", item]

@@ -203,14 +203,14 @@ def export(
 ) -> None:
     """Export the stepwise policy: ONNX with a parity certificate, or a TensorRT engine."""
     if format is Format.onnx:
-        from export.onnx import export_onnx
+        from resel.export.onnx import export_onnx
 
         report = export_onnx(checkpoint, out, fp16=fp16)
         console.print(f"wrote {report.path} (opset {report.opset}, {report.precision}, "
                       f"{report.size_bytes / 1e6:.2f} MB); parity vs torch over {report.check_steps} steps at "
                       f"batch {report.check_batches}: max abs error {report.max_abs_error:.2e}")
     else:
-        from export.tensorrt import build_engine
+        from resel.export.tensorrt import build_engine
 
         console.print(f"wrote {build_engine(checkpoint, out, fp16=fp16)}")
 

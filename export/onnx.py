@@ -51,11 +51,10 @@ import numpy as np
 import torch
 
 from resel_deploy.stepwise import STATE_IN_PREFIX, STATE_OUT_PREFIX, StepwisePolicy
+from resel_deploy.artifacts import FORMAT, FORMAT_VERSION, decode_metadata
 from resel_train.atomic import atomic_write
 
 OPSET = 18
-FORMAT = "resel-stepwise"
-FORMAT_VERSION = 1
 INPUT_NAMES = ("obs", "prev_reward", "is_first", "noise")
 OUTPUT_NAMES = ("action", "action_mean", "action_log_std")
 DISCRETE_OUTPUT_NAMES = ("action", "action_logits", "action_log_probs")
@@ -330,7 +329,7 @@ def set_metadata(model, meta: dict[str, Any]) -> None:
 
 
 def read_metadata(model_or_path) -> dict[str, Any]:
-    """The decoded metadata of a RESeL ONNX file (``ValueError`` when it is not one)."""
+    """The decoded metadata of a RESeL ONNX file or ModelProto (``ValueError`` when it is not one)."""
     onnx = _require("onnx")
     if isinstance(model_or_path, (str, Path)):
         path = Path(model_or_path)
@@ -340,19 +339,7 @@ def read_metadata(model_or_path) -> dict[str, Any]:
             raise ValueError(f"{path} is not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
     else:
         model, path = model_or_path, "<model>"
-    meta = {}
-    for entry in model.metadata_props:
-        try:
-            meta[entry.key] = json.loads(entry.value)
-        except json.JSONDecodeError:
-            meta[entry.key] = entry.value
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is an ONNX file but not a RESeL stepwise policy (no '{FORMAT}' metadata); "
-                         "export one with `resel export CKPT --format onnx`")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has RESeL ONNX format version {meta.get('format_version')}; "
-                         f"this toolkit reads version {FORMAT_VERSION}")
-    return meta
+    return decode_metadata({entry.key: entry.value for entry in model.metadata_props}, path)
 
 
 # ---- parity ---------------------------------------------------------------------------------

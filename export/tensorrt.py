@@ -9,7 +9,7 @@ provides the device buffers at run time); without them every entry point raises
 
 Precision. TensorRT 10 deprecated and TensorRT 11 removed the builder's FP16 flag: precision comes
 from the graph (a *strongly typed* network). fp16 therefore uses the ONNX graph from
-:func:`export.onnx.to_mixed_fp16`: weight matrix products in float16 between Cast nodes, while
+:func:`resel.export.onnx.to_mixed_fp16`: weight matrix products in float16 between Cast nodes, while
 softplus, exp(dt * A), the state update and the state tensors stay float32 -- in float16,
 exp(dt * A) rounds to exactly 1 for dt ~ 1e-4 and the SSM would stop forgetting. fp32 engines are
 built with TF32 disabled so they match the torch reference to float32 rounding.
@@ -60,7 +60,7 @@ def build_engine(
     the error is stored in the sidecar (0 skips the check).
     """
     require_tensorrt()  # fail fast, before any export work
-    from export.onnx import export_onnx, read_metadata, to_mixed_fp16
+    from resel.export.onnx import export_onnx, read_metadata, to_mixed_fp16
     from resel_deploy.controller import detect_kind
 
     src = Path(onnx_or_checkpoint)
@@ -158,7 +158,7 @@ def read_engine(path: str | Path) -> tuple[bytes, dict[str, Any]]:
 
 def _verify(engine: bytes, model_bytes: bytes, meta: dict[str, Any], steps: int, fp16: bool) -> float:
     """Max |engine - onnxruntime| over every output and state, each side feeding back its own state."""
-    from export.onnx import check_inputs
+    from resel.export.onnx import check_inputs
     from resel_deploy.backends import OnnxRuntimeBackend, TensorRTBackend
 
     worst = 0.0

@@ -11,7 +11,15 @@ torch by themselves; ``resel.RESeL`` and the callbacks do, on first use.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
+
+# ``resel.export`` and ``resel.cli`` live in the repository's top-level export/ and cli/ folders (the
+# layout of the design card); an installed wheel puts them under resel/ (pyproject's package-dir). In a
+# source checkout (run with PYTHONPATH or installed editable), let the subpackages resolve from the root.
+_ROOT = Path(__file__).resolve().parent.parent
+if (_ROOT / "pyproject.toml").is_file() and (_ROOT / "export" / "__init__.py").is_file():
+    __path__.append(str(_ROOT))  # noqa: F821  (the package's own search path)
 
 _EXPORTS = {
     "RESeL": "resel.api",

@@ -235,7 +235,7 @@ class RESeL:
         return path
 
     def export(self, path: str | Path, format: str | None = None, fp16: bool = False) -> Any:
-        """ONNX (``.onnx``; returns the :class:`~export.onnx.ExportReport`, parity-checked) or a TensorRT
+        """ONNX (``.onnx``; returns the :class:`~resel.export.onnx.ExportReport`, parity-checked) or a TensorRT
         engine (``.engine``/``.plan``/``.trt``; returns its path; needs a GPU), by suffix or ``format``."""
         _check_type("path", path, (str, Path))
         _check_type("fp16", fp16, bool)
@@ -251,10 +251,10 @@ class RESeL:
             raise ValueError(f"format must be one of {FORMATS}; got {format!r}")
         checkpoint = self._checkpoint_path()
         if format == "onnx":
-            from export.onnx import export_onnx
+            from resel.export.onnx import export_onnx
 
             return export_onnx(checkpoint, path, fp16=fp16)
-        from export.tensorrt import build_engine
+        from resel.export.tensorrt import build_engine
 
         return build_engine(checkpoint, path, fp16=fp16)
 

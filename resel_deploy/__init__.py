@@ -10,14 +10,17 @@ Never imports the trainer, the replay buffer or the algorithm.
 """
 
 from resel_deploy.controller import BACKENDS, Controller, NonFiniteAction
-from resel_deploy.stepwise import StepwisePolicy
 
 
-def __getattr__(name):  # keep `import resel_deploy` free of simulator imports
+def __getattr__(name):  # `import resel_deploy` loads neither torch nor a simulator: a robot may have neither
     if name in ("run_rollouts", "RolloutReport"):
         from resel_deploy import rollout
 
         return getattr(rollout, name)
+    if name == "StepwisePolicy":
+        from resel_deploy.stepwise import StepwisePolicy
+
+        return StepwisePolicy
     raise AttributeError(name)
 
 

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from resel_deploy.artifacts import read_onnx_metadata
 from resel_deploy.backends import (
     Backend,
     OnnxRuntimeBackend,
@@ -182,14 +183,14 @@ class Controller:
         else:
             require_tensorrt()
             if kind == "engine":
-                from export.tensorrt import read_engine
+                from resel.export.tensorrt import read_engine
 
                 engine, meta = read_engine(path)
                 if batch > int(meta.get("max_batch", batch)):
                     raise ValueError(f"{path} was built for batch <= {meta['max_batch']}; got batch={batch} "
                                      "(rebuild with a larger max_batch)")
             else:
-                from export.tensorrt import build_engine_bytes
+                from resel.export.tensorrt import build_engine_bytes
 
                 model, meta = _onnx_model(path, kind)
                 engine, meta = build_engine_bytes(model, meta, max_batch=max(batch, 1))
@@ -404,7 +405,7 @@ def _flush_denormals_on_this_thread() -> None:
 
 
 def _stepwise_meta(stepwise) -> dict[str, Any]:
-    from export.onnx import io_spec
+    from resel.export.onnx import io_spec
 
     inputs, outputs = io_spec(stepwise)
     return {**stepwise.metadata(), "inputs": inputs, "outputs": outputs}
@@ -412,11 +413,11 @@ def _stepwise_meta(stepwise) -> dict[str, Any]:
 
 def _onnx_model(path: Path, kind: str) -> tuple[bytes, dict[str, Any]]:
     """ONNX bytes and metadata from an .onnx file, or from a checkpoint exported in memory (checked)."""
-    from export.onnx import build_metadata, parity_error, read_metadata, set_metadata, stepwise_to_onnx
-
-    if kind == "onnx":
-        meta = read_metadata(path)
-        return path.read_bytes(), meta
+    if kind == "onnx":  # numpy + onnxruntime only: what a robot without the training stack runs
+        data = path.read_bytes()
+        return data, read_onnx_metadata(data, path)
+    # a checkpoint is a training artifact: exporting it needs torch and the exporter (resel.export)
+    from resel.export.onnx import build_metadata, parity_error, set_metadata, stepwise_to_onnx
     from resel_deploy.stepwise import StepwisePolicy
 
     stepwise = StepwisePolicy.from_checkpoint(path)

@@ -16,6 +16,6 @@ python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 # in Triton's interpreter) and ray (`resel sweep`). No package here needs a GPU.
 # Reinstall only when the project's dependencies changed since the last install.
 if [ ! -f .venv/.resel-installed ] || [ pyproject.toml -nt .venv/.resel-installed ]; then
-  pip install -q -e ".[sim,onnx,dev,triton,ray]"
+  pip install -q -e ".[train,sim,onnx,dev,triton,ray]"
   touch .venv/.resel-installed
 fi

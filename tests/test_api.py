@@ -137,7 +137,7 @@ def test_save_is_a_checkpoint_every_command_takes(trained, tmp_path):
     assert (path.parent / load_checkpoint(path)["replay_file"]["name"]).is_file()
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from resel.cli.main import app
 
     result = CliRunner().invoke(app, ["eval", str(path), "--episodes", "1"])
     assert result.exit_code == 0 and "return" in result.output, result.output

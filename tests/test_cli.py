@@ -7,7 +7,7 @@ import re
 
 from typer.testing import CliRunner
 
-from cli.main import app
+from resel.cli.main import app
 from resel_deploy.rollout import run_rollouts
 from resel_train.checkpoint import load_checkpoint
 from resel_train.logger import read_metrics
@@ -42,7 +42,7 @@ def test_train_export_rollout_eval_plot(tmp_path):
 
     exported = invoke("export", str(ckpt), "--out", str(tmp_path / "p.onnx"))
     assert (tmp_path / "p.onnx").exists() and not (tmp_path / "p.onnx.data").exists()
-    from export.onnx import read_metadata
+    from resel.export.onnx import read_metadata
 
     printed = float(re.search(r"max abs error (\S+)", exported).group(1))
     assert printed == float(f"{read_metadata(tmp_path / 'p.onnx')['parity_max_abs_error']:.2e}") and printed < 1e-4

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from resel.cli.main import app
 from tests.test_cli import TINY
 
 runner = CliRunner()

@@ -33,7 +33,7 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def train(out: Path, steps: int, *extra: str, crash_at: str | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cli.main", "train", "--env", "Pendulum-V", "--steps", str(steps), "--out", str(out),
+    cmd = [sys.executable, "-m", "resel.cli.main", "train", "--env", "Pendulum-V", "--steps", str(steps), "--out", str(out),
            "--no-progress", *TINY, *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env(**({ENV_VAR: crash_at} if crash_at else {})),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -124,7 +124,7 @@ def test_signal_finishes_the_step_saves_and_says_how_to_resume(tmp_path, sig, co
 def test_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from resel.cli.main import app
 
     run = tmp_path / "Pendulum-V_mamba_s0"
     run.mkdir()
@@ -152,7 +152,7 @@ def test_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_pat
 def test_divergence_stops_with_step_and_quantity_and_keeps_the_last_good_checkpoint(tmp_path):
     from typer.testing import CliRunner
 
-    from cli.main import app
+    from resel.cli.main import app
 
     run = tmp_path / "Pendulum-V_mamba_s0"
     args = ["train", "--env", "Pendulum-V", "--steps", "260", "--out", str(tmp_path), "--no-progress", *TINY,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.onnx import export_onnx
+from resel.export.onnx import export_onnx
 from resel_deploy import Controller
 from resel_deploy.controller import detect_kind
 from resel_deploy.stepwise import StepwisePolicy
@@ -202,10 +202,39 @@ def test_deploy_never_imports_the_trainer(model):
 
     _, onnx_path = model
     code = (
-        "import sys, resel_deploy, resel_deploy.rollout, export.onnx, export.tensorrt\n"
+        "import sys, resel_deploy, resel_deploy.rollout, resel.export.onnx, resel.export.tensorrt\n"
         f"resel_deploy.Controller.load({str(onnx_path)!r}).step([0.0] * {OBS})\n"
         "bad = [m for m in sys.modules if m.startswith('resel_train.') and m.split('.')[1] in "
         "('trainer', 'buffer', 'algo', 'config')]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_onnx_controller_runs_without_torch_or_the_onnx_package(model, tmp_path):
+    """What a robot with only numpy and onnxruntime runs: import, load, step; the same actions as here."""
+    import json
+    import subprocess
+    import sys
+
+    _, onnx_path = model
+    obs = observations(30, seed=3)
+    expected = Controller.load(onnx_path, backend="onnxruntime")
+    want = [expected.step(o, reward=0.1 * i).tolist() for i, o in enumerate(obs)]
+    np.save(tmp_path / "obs.npy", obs)
+    code = (
+        "import sys\n"
+        "for blocked in ('torch', 'onnx', 'resel_train', 'gymnasium'):\n"
+        "    sys.modules[blocked] = None  # any import of these raises ImportError\n"
+        "import json, numpy as np\n"
+        "from resel_deploy import Controller\n"
+        f"ctrl = Controller.load({str(onnx_path)!r}, backend='onnxruntime')\n"
+        f"obs = np.load({str(tmp_path / 'obs.npy')!r})\n"
+        "print(json.dumps([ctrl.step(o, reward=0.1 * i).tolist() for i, o in enumerate(obs)]))\n"
+        "loaded = [m for m in sys.modules if m.startswith(('torch.', 'resel_train', 'resel.export', 'onnx.'))\n"
+        "          and sys.modules[m] is not None]\n"
+        "assert not loaded, loaded\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    np.testing.assert_array_equal(np.array(json.loads(out.stdout)), np.array(want, dtype=np.float32))

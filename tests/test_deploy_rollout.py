@@ -5,7 +5,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from export.onnx import export_onnx
+from resel.export.onnx import export_onnx
 from resel_deploy.rollout import RolloutReport, latency_stats, run_rollouts
 from resel_deploy.testing import make_random_checkpoint
 from resel_train.checkpoint import load_checkpoint, policy_from_checkpoint

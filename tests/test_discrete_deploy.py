@@ -7,8 +7,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
-from export.onnx import export_onnx, read_metadata
+from resel.cli.main import app
+from resel.export.onnx import export_onnx, read_metadata
 from resel_deploy.controller import Controller
 from resel_deploy.rollout import run_rollouts
 from resel_deploy.stepwise import StepwisePolicy

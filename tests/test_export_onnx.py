@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.onnx import (
+from resel.export.onnx import (
     OPSET,
     ExportError,
     ParityError,
@@ -194,7 +194,7 @@ def test_to_mixed_fp16_requires_weights():
 
 def test_export_fails_loudly_and_writes_nothing(tmp_path, monkeypatch):
     ckpt = make_random_checkpoint(tmp_path / "c.pt", obs_dim=3, act_dim=1, embed=8, hidden=16, encoder="mlp")
-    import export.onnx as mod
+    import resel.export.onnx as mod
 
     monkeypatch.setattr(mod, "parity_error", lambda *a, **k: (0.5, 0.25))
     with pytest.raises(ParityError, match="disagrees"):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from resel.cli.main import app
 from resel_train.checkpoint import CheckpointError, load_checkpoint
 from resel_train.report import markdown_table, write_report
 from resel_train.sweep import SweepGrid, plan_trials
@@ -53,7 +53,7 @@ def kill_after_first_checkpoint(out: Path, run: str) -> int:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS="1")
     log = (out.parent / "killed_sweep.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", *SWEEP, "--out", str(out)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "resel.cli.main", *SWEEP, "--out", str(out)], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 150
