@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from resel_deploy.stepwise import STATE_IN_PREFIX, STATE_OUT_PREFIX, StepwisePolicy
 from resel_deploy.artifacts import FORMAT, FORMAT_VERSION, decode_metadata
+from resel_deploy.stepwise import STATE_IN_PREFIX, STATE_OUT_PREFIX, StepwisePolicy
 from resel_train.atomic import atomic_write
 
 OPSET = 18

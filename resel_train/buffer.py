@@ -243,7 +243,9 @@ class TrajectoryBuffer:
         while remaining > total:  # fewer stored transitions than requested: use every trajectory
             parts.append(rng.permutation(n))
             remaining -= total
-        lens_of = lambda i: self._traj_len[(self._head + i) % M]
+        def lens_of(i):
+            return self._traj_len[(self._head + i) % M]
+
         k = min(n, max(4, int(2 * remaining * n / total) + 4))
         while True:
             pick = rng.choice(n, size=k, replace=False) if k < n else rng.permutation(n)
@@ -278,7 +280,7 @@ class TrajectoryBuffer:
         col = np.empty(k, np.int64)
         free: list[int] = []  # remaining room per row
         for i, s in zip(order.tolist(), size[order].tolist()):
-            for r, room in enumerate(free):
+            for r, room in enumerate(free):  # noqa: B007  (r is the chosen row after the loop)
                 if room >= s:
                     break
             else:

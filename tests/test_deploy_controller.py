@@ -6,8 +6,8 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
-
 from resel.export.onnx import export_onnx
+
 from resel_deploy import Controller
 from resel_deploy.controller import detect_kind
 from resel_deploy.stepwise import StepwisePolicy

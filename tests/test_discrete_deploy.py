@@ -5,10 +5,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from resel.cli.main import app
 from resel.export.onnx import export_onnx, read_metadata
+from typer.testing import CliRunner
+
 from resel_deploy.controller import Controller
 from resel_deploy.rollout import run_rollouts
 from resel_deploy.stepwise import StepwisePolicy

@@ -236,7 +236,7 @@ def test_gravity_is_hidden_but_changes_dynamics_and_truncates_at_1000(envs):
         o_grav, *_ = grav.step(zero)
     assert not np.allclose(o_plain, o_grav)
 
-    for t in range(1, 1001):
+    for t in range(1, 1001):  # noqa: B007  (t is the truncation step after the loop)
         _, _, terminated, truncated, _ = grav.step(grav.action_space.sample())
         assert not terminated
         if truncated:

@@ -7,8 +7,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from resel.export.onnx import export_onnx, read_metadata
+
 from resel_deploy import Controller
 from resel_deploy.stepwise import StepwisePolicy
 from resel_deploy.testing import make_random_checkpoint

@@ -10,7 +10,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-
 from resel.export.onnx import (
     OPSET,
     ExportError,
@@ -19,6 +18,7 @@ from resel.export.onnx import (
     read_metadata,
     to_mixed_fp16,
 )
+
 from resel_deploy.stepwise import StepwisePolicy
 from resel_deploy.testing import SMALL_MAMBA, make_random_checkpoint
 from resel_train.checkpoint import CheckpointError

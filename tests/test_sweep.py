@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from resel.cli.main import app
 from typer.testing import CliRunner
 
-from resel.cli.main import app
 from resel_train.checkpoint import CheckpointError, load_checkpoint
 from resel_train.report import markdown_table, write_report
 from resel_train.sweep import SweepGrid, plan_trials
