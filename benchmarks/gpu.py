@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
         for encoder in ("mlp", "mamba", "gru"):
             for batch in sizes.batches:
                 for mode in modes:
-                    if mode == "graphs" and encoder == "gru":
+                    if mode == "graphs" and encoder in ("gru", "lstm"):
                         continue
                     result["rows"].append(update_case(encoder, batch, mode, sizes, device, mm_rate))
                     save()

@@ -370,8 +370,9 @@ class Trainer:
 
     @property
     def uses_cuda_graphs(self) -> bool:
-        """Graphs on CUDA unless switched off; the GRU's cuDNN layout needs a host sync, so it runs eagerly."""
-        return self.device.type == "cuda" and self.cfg.cuda_graphs and self.cfg.model.encoder != "gru"
+        """Graphs on CUDA unless switched off; the GRU's and LSTM's cuDNN layout (one trajectory per row) needs
+        a host sync per call, so they run eagerly."""
+        return self.device.type == "cuda" and self.cfg.cuda_graphs and self.cfg.model.encoder not in ("gru", "lstm")
 
     def update_once(self) -> dict[str, torch.Tensor]:
         """Sample, draw the update's noise on the host, launch one update; metrics stay on the device.
