@@ -32,10 +32,9 @@ state with ``act_dim`` = the number of actions, and output
     logits, log_probs (batch, act_dim)  the categorical head
 and ``prev_act`` is the one-hot of the chosen action.
 
-A zero state with ``is_first = 0`` and ``prev_reward = 0`` is equivalent to ``is_first = 1``. The Mamba step here is the
-same recurrence as ``resel_train.nets.mamba.Mamba.step`` with ``A = -exp(A_log)`` precomputed as a
-constant and the output contraction written as a matrix product; tests check it against both the
-training ``Policy.step`` and the parallel ``Policy.forward``.
+A zero state with ``is_first = 0`` and ``prev_reward = 0`` is equivalent to ``is_first = 1``. The
+encoder step is the training networks' own ``encoder.step`` (one implementation, written for export:
+see ``resel_train.nets.mamba.Mamba.step``); tests check it against the parallel ``Policy.forward``.
 """
 
 from __future__ import annotations
@@ -47,12 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resel_train.checkpoint import CheckpointError, load_checkpoint, nonfinite_weights, policy_from_checkpoint
-from resel_train.nets.encoders import MambaEncoder
-from resel_train.nets.mamba import Mamba, MambaBlock
 from resel_train.nets.policy import Policy
 
 STATE_IN_PREFIX, STATE_OUT_PREFIX = "state_in.", "state_out."
@@ -67,73 +63,6 @@ class StateSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": ["batch", *self.shape], "dtype": "float32"}
-
-
-class _MambaStep(nn.Module):
-    """Mamba mixer step with A = -exp(A_log) held as a constant buffer (export-friendly).
-
-    Same recurrence as ``Mamba.step``. The reset is applied by sending dt to +inf for the decay
-    only, so exp(dt * A) is exactly 0 at ``is_first`` (A < 0) without an extra pass over the
-    (batch, d_inner, d_state) state; the conv window is zeroed as in ``causal_conv1d_step``.
-    """
-
-    def __init__(self, mixer: Mamba) -> None:
-        super().__init__()
-        self.mixer = mixer
-        self.d_inner, self.d_state, self.dt_rank = mixer.d_inner, mixer.d_state, mixer.dt_rank
-        # A < 0 strictly, so inf * A = -inf and never NaN (A_log below -69 would underflow A to 0)
-        A = -torch.exp(mixer.A_log.detach().float()).clamp(min=1e-30)
-        self.register_buffer("A", A, persistent=False)
-        self.register_buffer("conv_weight", mixer.conv1d.weight.detach().squeeze(1).clone(), persistent=False)
-
-    def forward(self, x: Tensor, keep: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        m = self.mixer
-        xs, z = m.in_proj(x).chunk(2, dim=-1)
-        full = torch.cat([conv_state * keep[:, :, None], xs[:, :, None]], dim=-1)  # (b, d_inner, d_conv)
-        xs = F.silu((full * self.conv_weight).sum(-1) + m.conv1d.bias)
-        dt, B, C = torch.split(m.x_proj(xs), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(m.dt_proj(dt))  # (b, d_inner)
-        dt_decay = torch.where(keep > 0.5, dt, torch.inf)  # reset: exp(inf * A) = 0
-        decay = torch.exp(dt_decay[:, :, None] * self.A)  # (b, d_inner, d_state)
-        ssm = decay * ssm_state + torch.matmul((dt * xs)[:, :, None], B[:, None, :])
-        y = torch.matmul(ssm, C[:, :, None]).squeeze(-1) + m.D * xs
-        y = y * F.silu(z)
-        return m.out_proj(y), full[:, :, 1:], ssm
-
-
-class _RMSNorm(nn.Module):
-    """RMSNorm written as x / sqrt(mean(x^2) + eps) * w, the pattern onnxruntime fuses into one op.
-
-    eps is a (1,)-shaped buffer on purpose: the exporter's optimiser treats a scalar 1e-8 as zero
-    and deletes the ``+ eps`` (a zero input would then give 0/0 = NaN, and the fusion would not match).
-    """
-
-    def __init__(self, norm: nn.RMSNorm) -> None:
-        super().__init__()
-        self.norm = norm
-        self.register_buffer("eps", torch.full((1,), float(norm.eps)), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm.weight
-
-
-def _gelu(x: Tensor) -> Tensor:
-    """Exact (erf) GELU in the operand order onnxruntime fuses into one Gelu op."""
-    return (x * (1.0 + torch.erf(x / math.sqrt(2.0)))) * 0.5
-
-
-class _MambaBlockStep(nn.Module):
-    def __init__(self, block: MambaBlock) -> None:
-        super().__init__()
-        self.block = block
-        self.norm = _RMSNorm(block.norm)
-        self.mixer = _MambaStep(block.mixer)
-
-    def forward(self, x: Tensor, keep: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        b = self.block
-        y, conv, ssm = self.mixer(self.norm(x), keep, conv, ssm)
-        h = x + y
-        return b.ff_norm(h + b.ff_out(_gelu(b.ff_in(h)))), conv, ssm
 
 
 class StepwisePolicy(nn.Module):
@@ -160,8 +89,6 @@ class StepwisePolicy(nn.Module):
         self.register_buffer("act_offset", torch.tensor(offset), persistent=False)
         self.register_buffer("action_ids", torch.arange(self.act_dim), persistent=False)  # discrete: one-hot
         encoder = policy.encoder
-        self._mamba = isinstance(encoder, MambaEncoder)
-        self.blocks = nn.ModuleList(_MambaBlockStep(b) for b in encoder.blocks) if self._mamba else nn.ModuleList()
         example = encoder.initial_state(1)
         names = encoder.state_names()
         self._encoder_specs = [StateSpec(n, tuple(t.shape[1:])) for n, t in zip(names, example, strict=True)]
@@ -227,17 +154,7 @@ class StepwisePolicy(nn.Module):
         pol = self.policy
         prev_rew = prev_reward * keep if self.reward_as_input else None
         x = pol.embedding(obs, prev_obs * keep, prev_act * keep, prev_rew)
-        if self._mamba:
-            enc = pol.encoder
-            h = enc.embed_input(x)
-            new_enc: list[Tensor] = []
-            for i, block in enumerate(self.blocks):
-                h, conv, ssm = block(h, keep, enc_state[2 * i], enc_state[2 * i + 1])
-                new_enc += [conv, ssm]
-            context = enc.output(F.elu(h))
-            new_enc_state = tuple(new_enc)
-        else:
-            context, new_enc_state = pol.encoder.step(x, is_first, tuple(enc_state))
+        context, new_enc_state = pol.encoder.step(x, is_first, tuple(enc_state))  # the training nets' own step
         mean, log_std = pol._head(obs, context)
         if self.discrete:  # (logits, log_probs); Gumbel-max with the given noise, written export-friendly
             action = (mean + noise).argmax(-1)

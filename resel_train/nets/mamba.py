@@ -83,20 +83,42 @@ class Mamba(nn.Module):
         return self.out_proj(y.transpose(1, 2)), (conv_final, ssm_final)
 
     def step(self, x: Tensor, reset: Tensor | None, state: MambaState) -> tuple[Tensor, MambaState]:
-        """One step, O(1) in the episode length: x (b, d_model) -> y (b, d_model), new state."""
+        """One step, O(1) in the episode length: x (b, d_model) -> y (b, d_model), new state.
+
+        The one step of the toolkit: training-time collection, evaluation and the exported ONNX /
+        TensorRT graph all run it, so it is written for export: new tensors only (exporters drop
+        in-place writes to inputs), matrix-product contractions, and a reset applied by sending dt to
+        +inf in the decay alone, so exp(dt * A) is exactly 0 at a reset (A < 0) without another pass
+        over the (b, d_inner, d_state) state. ``-exp(A_log)`` depends on weights only, so ONNX
+        runtimes fold it into a constant.
+        """
         conv_state, ssm_state = state
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         xs, conv_state = causal_conv1d_step(xs, conv_state, self.conv1d.weight.squeeze(1), self.conv1d.bias, reset)
         xs = F.silu(xs)
         dt, B, C = self._split(self.x_proj(xs))
         dt = F.softplus(self.dt_proj(dt))  # (b, d_inner)
-        decay = torch.exp(dt[:, :, None] * -torch.exp(self.A_log))
-        if reset is not None:
-            decay = decay * (1.0 - reset.to(decay.dtype))[:, None, None]
-        ssm_state = decay * ssm_state + (dt * xs)[:, :, None] * B[:, None, :]
-        y = (ssm_state * C[:, None, :]).sum(-1) + self.D * xs
+        A = -torch.exp(self.A_log.float()).clamp(min=1e-30)  # strictly < 0, so inf * A = -inf, never NaN
+        dt_decay = dt if reset is None else torch.where(reset.to(torch.bool)[:, None], torch.inf, dt)
+        decay = torch.exp(dt_decay[:, :, None] * A)  # (b, d_inner, d_state)
+        ssm_state = decay * ssm_state + torch.matmul((dt * xs)[:, :, None], B[:, None, :])
+        y = torch.matmul(ssm_state, C[:, :, None]).squeeze(-1) + self.D * xs
         y = y * F.silu(z)
         return self.out_proj(y), (conv_state, ssm_state)
+
+
+def rms_norm_step(x: Tensor, norm: nn.RMSNorm, eps: Tensor) -> Tensor:
+    """``norm(x)`` written as x / sqrt(mean(x^2) + eps) * w, the pattern onnxruntime fuses into one op.
+
+    ``eps`` is a (1,)-shaped tensor on purpose: the exporter's optimiser treats a scalar 1e-8 as
+    zero and deletes the ``+ eps`` (a zero input would then give 0/0 = NaN, and the fusion would not match).
+    """
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps) * norm.weight
+
+
+def gelu_exact(x: Tensor) -> Tensor:
+    """Exact (erf) GELU, ``F.gelu``'s default, in the operand order onnxruntime fuses into one Gelu op."""
+    return (x * (1.0 + torch.erf(x / math.sqrt(2.0)))) * 0.5
 
 
 class MambaBlock(nn.Module):
@@ -109,6 +131,7 @@ class MambaBlock(nn.Module):
         self.ff_in = nn.Linear(d_model, d_model)
         self.ff_out = nn.Linear(d_model, d_model)
         self.ff_norm = nn.LayerNorm(d_model)
+        self.register_buffer("norm_eps", torch.full((1,), self.norm.eps), persistent=False)
 
     def _feed_forward(self, h: Tensor) -> Tensor:
         return self.ff_norm(h + self.ff_out(F.gelu(self.ff_in(h))))
@@ -118,5 +141,7 @@ class MambaBlock(nn.Module):
         return self._feed_forward(x + y), state
 
     def step(self, x: Tensor, reset: Tensor | None, state: MambaState) -> tuple[Tensor, MambaState]:
-        y, state = self.mixer.step(self.norm(x), reset, state)
-        return self._feed_forward(x + y), state
+        """One step (export-friendly forms of the same norm and GELU; see :meth:`Mamba.step`)."""
+        y, state = self.mixer.step(rms_norm_step(x, self.norm, self.norm_eps), reset, state)
+        h = x + y
+        return self.ff_norm(h + self.ff_out(gelu_exact(self.ff_in(h)))), state
