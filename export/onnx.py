@@ -15,7 +15,7 @@ and the parity certificate then also certifies identical (greedy and sampled) ac
 
 All other tensors are float32 and the batch axis is dynamic (``batch``). State names, in order:
 ``prev_obs``, ``prev_act``, then the encoder's (Mamba: ``block0.conv``, ``block0.ssm``, ...;
-GRU: ``gru``); the semantics are in :mod:`resel_deploy.stepwise`. Weights are embedded in the
+GRU: ``gru``); the semantics are in :mod:`resel_train.stepwise`. Weights are embedded in the
 file (``external_data=False``: no ``.onnx.data`` sidecar).
 
 Metadata (``metadata_props``, every value JSON-encoded): format, format_version, toolkit_version,
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from resel_deploy.artifacts import FORMAT, FORMAT_VERSION, decode_metadata
-from resel_deploy.stepwise import STATE_IN_PREFIX, STATE_OUT_PREFIX, StepwisePolicy
+from resel_train.stepwise import STATE_IN_PREFIX, STATE_OUT_PREFIX, StepwisePolicy
 from resel_train.atomic import atomic_write
 
 OPSET = 18

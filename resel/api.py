@@ -11,7 +11,7 @@
         obs, reward, terminated, truncated, _ = env.step(action)
         start = terminated or truncated                 # (reward_as_input tasks: pass reward= too)
 
-``predict`` runs the deploy side's :class:`~resel_deploy.stepwise.StepwisePolicy`, so its actions
+``predict`` runs the deploy side's :class:`~resel_train.stepwise.StepwisePolicy`, so its actions
 are exactly those of ``Controller.load(checkpoint, backend="torch")``; ``export`` writes the ONNX
 file or TensorRT engine that the controller runs on a robot.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from resel_deploy.controller import ENGINE_SUFFIXES
-from resel_deploy.stepwise import StepwisePolicy
+from resel_train.stepwise import StepwisePolicy
 from resel_train.atomic import atomic_write
 from resel_train.callbacks import BaseCallback, with_defaults
 from resel_train.checkpoint import CHECKPOINT, load_checkpoint, policy_from_checkpoint, referenced_replay

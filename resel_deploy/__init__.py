@@ -1,27 +1,25 @@
-"""RESeL deployment: a trained checkpoint as a constant-time stepwise controller.
+"""RESeL deployment: an exported policy as a constant-time controller.
 
-- :class:`Controller` (``Controller.load(path, backend=...)``): what a control loop embeds.
-- :class:`StepwisePolicy`: the torch module behind it, one step as a pure function of
-  (obs, prev_reward, is_first, noise, state) -> (action, mean, log_std, new state).
+- :class:`Controller` (``Controller.load(path, backend=...)``): what a control loop embeds. An
+  ``.onnx`` file runs with numpy and onnxruntime alone; a TensorRT engine with tensorrt; a training
+  checkpoint (``backend="torch"``, or exported in memory) needs the torch side and imports it then.
 - :func:`run_rollouts` (in :mod:`resel_deploy.rollout`): episodes against the simulators with
   per-step latency statistics.
 
-Never imports the trainer, the replay buffer or the algorithm.
+The torch module behind a checkpoint's step is :class:`resel_train.stepwise.StepwisePolicy` (the
+training networks' own step, which the exporter turns into the ONNX graph). Importing this package
+loads neither torch nor a simulator, and it never imports the trainer, the replay buffer or the algorithm.
 """
 
 from resel_deploy.controller import BACKENDS, Controller, NonFiniteAction
 
 
-def __getattr__(name):  # `import resel_deploy` loads neither torch nor a simulator: a robot may have neither
+def __getattr__(name):  # keep `import resel_deploy` free of simulator imports
     if name in ("run_rollouts", "RolloutReport"):
         from resel_deploy import rollout
 
         return getattr(rollout, name)
-    if name == "StepwisePolicy":
-        from resel_deploy.stepwise import StepwisePolicy
-
-        return StepwisePolicy
     raise AttributeError(name)
 
 
-__all__ = ["BACKENDS", "Controller", "NonFiniteAction", "StepwisePolicy", "run_rollouts", "RolloutReport"]
+__all__ = ["BACKENDS", "Controller", "NonFiniteAction", "run_rollouts", "RolloutReport"]

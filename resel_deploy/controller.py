@@ -166,7 +166,7 @@ class Controller:
                                  "(use backend='onnxruntime' for .onnx, 'tensorrt' for engines)")
             import torch
 
-            from resel_deploy.stepwise import StepwisePolicy
+            from resel_train.stepwise import StepwisePolicy
 
             _check_torch_device(device)
 
@@ -419,7 +419,7 @@ def _onnx_model(path: Path, kind: str) -> tuple[bytes, dict[str, Any]]:
     # a checkpoint is a training artifact: exporting it needs torch and the exporter (resel.export)
     from resel.export.onnx import build_metadata, parity_error, set_metadata, stepwise_to_onnx
 
-    from resel_deploy.stepwise import StepwisePolicy
+    from resel_train.stepwise import StepwisePolicy
 
     stepwise = StepwisePolicy.from_checkpoint(path)
     model = stepwise_to_onnx(stepwise)

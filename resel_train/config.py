@@ -246,6 +246,7 @@ _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 def validate_config(cfg: TrainConfig) -> None:
     """Raise ValueError naming the first key that is out of range, with what is allowed."""
     from resel_train.envs import task_info
+    from resel_train.nets.encoders import ENCODER_KINDS  # the one list of encoder names
 
     def need(ok: bool, key: str, allowed: str) -> None:
         if not ok:
@@ -262,7 +263,7 @@ def validate_config(cfg: TrainConfig) -> None:
         need(get_path(cfg, key) >= 0, key, "an integer >= 0" + (" (0: torch's default)" if key == "threads" else ""))
     need(cfg.steps >= cfg.warmup_steps, "steps", f"at least warmup_steps={cfg.warmup_steps} (no update would run)")
     need(bool(_DEVICE_RE.fullmatch(cfg.device)), "device", "auto, cpu, cuda or cuda:N")
-    need(cfg.model.encoder in ("mamba", "gru", "mlp"), "model.encoder", "mamba, gru or mlp")
+    need(cfg.model.encoder in ENCODER_KINDS, "model.encoder", ", ".join(ENCODER_KINDS))
     need(cfg.model.n_critics >= 2, "model.n_critics", "an integer >= 2 (a random pair of heads is used)")
     for key in ("algo.policy_lr", "algo.critic_lr", "algo.encoder_lr", "algo.alpha_lr"):
         need(finite(get_path(cfg, key)) and get_path(cfg, key) >= 0, key, "a finite learning rate >= 0")

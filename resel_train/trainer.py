@@ -43,8 +43,9 @@ from resel_train.envs import make_env, task_info
 from resel_train.graphed_update import GraphedUpdate
 from resel_train.guard import DivergenceGuard, TrainingDiverged
 from resel_train.logger import RunLogger
-from resel_train.nets.policy import Policy, categorical_action, gumbel_noise, sample_squashed
+from resel_train.nets.policy import Policy, gumbel_noise
 from resel_train.runlock import RunLock
+from resel_train.stepwise import StepwisePolicy
 
 
 class TrainingInterrupted(Exception):
@@ -81,26 +82,17 @@ def run_dir_for(cfg: TrainConfig) -> Path:
 
 
 class EpisodeRecorder:
-    """Per-step inputs for the policy and the growing trajectory of the current episode."""
+    """The growing trajectory of the current episode (what enters the replay when it ends)."""
 
     def __init__(self, obs: np.ndarray, act_dim: int) -> None:
         self.obs = [obs]
         self.act: list[np.ndarray] = []
         self.rew: list[float] = []
-        self.prev_act = np.zeros(act_dim, np.float32)
 
     def add(self, act: np.ndarray, rew: float, next_obs: np.ndarray) -> None:
         self.act.append(act)
         self.rew.append(rew)
         self.obs.append(next_obs)
-        self.prev_act = act
-
-    def policy_inputs(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        obs = self.obs[-1]
-        prev_obs = self.obs[-2] if len(self.obs) > 1 else np.zeros_like(obs)
-        prev_rew = self.rew[-1] if self.rew else 0.0
-        as_t = lambda x: torch.as_tensor(np.asarray(x, np.float32), device=device).reshape(1, -1)  # noqa: E731
-        return as_t(obs), as_t(prev_obs), as_t(self.prev_act), as_t([prev_rew])
 
     @property
     def is_first(self) -> bool:
@@ -108,31 +100,40 @@ class EpisodeRecorder:
 
 
 class PolicyRunner:
-    """Steps a policy one environment step at a time with explicit recurrent state (batch 1)."""
+    """Steps the policy one environment step at a time (batch 1) through :class:`StepwisePolicy`: the
+    same model and step that are exported and deployed, wrapped around the live training weights."""
 
     def __init__(self, policy: Policy, device: torch.device) -> None:
-        self.policy, self.device = policy, device
+        self.stepwise = StepwisePolicy(policy, live=True).to(device)
+        self.device, self.discrete, self.act_dim = device, policy.discrete, policy.act_dim
         self.reset()
 
     def reset(self) -> None:
-        self.state = self.policy.encoder.initial_state(1, self.device)
+        self.state = self.stepwise.initial_state(1, self.device)
 
     @torch.no_grad()
     def act(self, episode: EpisodeRecorder, deterministic: bool, generator: torch.Generator | None) -> np.ndarray:
-        """The next action in [-1, 1] (discrete: one-hot); a stochastic one draws its noise on the CPU ``generator``."""
-        obs, prev_obs, prev_act, prev_rew = episode.policy_inputs(self.device)
-        reset = torch.tensor([episode.is_first], device=self.device)
-        mean, log_std, self.state = self.policy.step(
-            obs, prev_obs, prev_act, prev_rew if self.policy.reward_as_input else None, reset, self.state
-        )
-        if self.policy.discrete:  # mean holds the logits
-            noise = torch.zeros(mean.shape) if deterministic else gumbel_noise(tuple(mean.shape), generator)
-            index = int(categorical_action(mean[0].cpu(), noise[0]))
-            return np.eye(self.policy.act_dim, dtype=np.float32)[index]
+        """The next action as the replay stores it: in [-1, 1], or one-hot for a discrete policy.
+
+        A stochastic action draws its noise on the CPU ``generator`` (reproducible on any device).
+        """
+        as_row = lambda x: torch.as_tensor(np.asarray(x, np.float32), device=self.device).reshape(1, -1)  # noqa: E731
         if deterministic:
-            return torch.tanh(mean)[0].cpu().numpy()
-        noise = torch.randn(mean.shape, generator=generator).to(self.device)
-        return sample_squashed(mean, log_std, noise)[0][0].cpu().numpy()
+            noise = torch.zeros(1, self.act_dim)
+        elif self.discrete:
+            noise = gumbel_noise((1, self.act_dim), generator)
+        else:
+            noise = torch.randn((1, self.act_dim), generator=generator)
+        out = self.stepwise(as_row(episode.obs[-1]), as_row([episode.rew[-1] if episode.rew else 0.0]),
+                            torch.tensor([float(episode.is_first)], device=self.device), noise.to(self.device),
+                            *self.state)
+        self.state = tuple(out[3:])
+        return self.state[1][0].cpu().numpy()  # the state's prev_act: squashed action / one-hot
+
+    def replace_action(self, action: np.ndarray) -> None:
+        """The action actually taken was another one (warm-up): the next step must see it as prev_act."""
+        taken = torch.as_tensor(np.asarray(action, np.float32), device=self.device).reshape(1, -1)
+        self.state = (self.state[0], taken, *self.state[2:])
 
 
 class Prefetch:
@@ -352,10 +353,12 @@ class Trainer:
     def _env_step(self, episode: EpisodeRecorder, runner: PolicyRunner) -> np.ndarray | None:
         """One environment step; returns the first observation of a new episode when one ended."""
         action = runner.act(episode, deterministic=False, generator=self.collect_generator)
-        if self.env_steps < self.cfg.warmup_steps and self.discrete:
-            action = np.eye(self.act_dim, dtype=np.float32)[self.rng.integers(self.act_dim)]
-        elif self.env_steps < self.cfg.warmup_steps:
-            action = self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+        if self.env_steps < self.cfg.warmup_steps:
+            if self.discrete:
+                action = np.eye(self.act_dim, dtype=np.float32)[self.rng.integers(self.act_dim)]
+            else:
+                action = self.rng.uniform(-1.0, 1.0, self.act_dim).astype(np.float32)
+            runner.replace_action(action)
         next_obs, reward, terminated, truncated, _ = self.env.step(self.to_env_action(action))
         episode.add(action.astype(np.float32), float(reward), np.asarray(next_obs, np.float32))
         self.env_steps += 1

@@ -10,7 +10,7 @@ from resel.export.onnx import export_onnx
 
 from resel_deploy import Controller
 from resel_deploy.controller import detect_kind
-from resel_deploy.stepwise import StepwisePolicy
+from resel_train.stepwise import StepwisePolicy
 from resel_deploy.testing import SMALL_MAMBA, make_random_checkpoint
 from resel_train.checkpoint import CheckpointError
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from resel_deploy.controller import Controller
 from resel_deploy.rollout import run_rollouts
-from resel_deploy.stepwise import StepwisePolicy
+from resel_train.stepwise import StepwisePolicy
 from resel_deploy.testing import make_random_checkpoint
 
 torch.set_num_threads(1)

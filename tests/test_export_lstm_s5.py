@@ -10,7 +10,7 @@ import torch
 from resel.export.onnx import export_onnx, read_metadata
 
 from resel_deploy import Controller
-from resel_deploy.stepwise import StepwisePolicy
+from resel_train.stepwise import StepwisePolicy
 from resel_deploy.testing import make_random_checkpoint
 
 torch.set_num_threads(1)

@@ -19,7 +19,7 @@ from resel.export.onnx import (
     to_mixed_fp16,
 )
 
-from resel_deploy.stepwise import StepwisePolicy
+from resel_train.stepwise import StepwisePolicy
 from resel_deploy.testing import SMALL_MAMBA, make_random_checkpoint
 from resel_train.checkpoint import CheckpointError
 

@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from resel_deploy.stepwise import StepwisePolicy
+from resel_train.stepwise import StepwisePolicy
 from resel_train.checkpoint import load_checkpoint
 from resel_train.config import resolve_config
 from resel_train.envs import task_info
 from resel_train.trainer import Trainer
 
 
-@pytest.mark.parametrize("kind,kwargs", [("lstm", {}), ("s5", {"n_layers": 2, "d_state": 4})])
+@pytest.mark.parametrize("kind,kwargs", [("lstm", {"input_layers": 1}),
+                                         ("s5", {"n_layers": 2, "d_state": 4, "input_layers": 1})])
 def test_smoke_run_checkpoint_and_deploy(tmp_path, kind, kwargs):
     warmup = task_info("Pendulum-P").max_episode_steps
     overrides = ["model.d_state=4", "model.n_blocks=2", "model.embed=16", "model.hidden=16", "algo.batch_size=32",

@@ -74,9 +74,13 @@ class StepwisePolicy(nn.Module):
         action_low: Sequence[float] | None = None,
         action_high: Sequence[float] | None = None,
         meta: dict[str, Any] | None = None,
+        live: bool = False,
     ) -> None:
+        """``live=True`` wraps a policy that is still being trained (the trainer collects through it):
+        its parameters keep their gradients and mode; call it under ``torch.no_grad``. Otherwise
+        (export, deployment) the policy is put in eval mode and its parameters frozen."""
         super().__init__()
-        self.policy = policy.eval()
+        self.policy = policy if live else policy.eval()
         self.obs_dim, self.act_dim, self.reward_as_input = policy.obs_dim, policy.act_dim, policy.reward_as_input
         self.discrete = policy.discrete
         self.meta = dict(meta or {})
@@ -92,8 +96,9 @@ class StepwisePolicy(nn.Module):
         example = encoder.initial_state(1)
         names = encoder.state_names()
         self._encoder_specs = [StateSpec(n, tuple(t.shape[1:])) for n, t in zip(names, example, strict=True)]
-        for p in self.parameters():
-            p.requires_grad_(False)
+        if not live:
+            for p in self.parameters():
+                p.requires_grad_(False)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
