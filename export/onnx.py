@@ -51,8 +51,8 @@ import numpy as np
 import torch
 
 from resel_deploy.artifacts import FORMAT, FORMAT_VERSION, decode_metadata
-from resel_train.stepwise import STATE_IN_PREFIX, STATE_OUT_PREFIX, StepwisePolicy
 from resel_train.atomic import atomic_write
+from resel_train.stepwise import STATE_IN_PREFIX, STATE_OUT_PREFIX, StepwisePolicy
 
 OPSET = 18
 INPUT_NAMES = ("obs", "prev_reward", "is_first", "noise")

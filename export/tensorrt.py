@@ -61,7 +61,6 @@ def build_engine(
     """
     require_tensorrt()  # fail fast, before any export work
     from resel.export.onnx import export_onnx, read_metadata, to_mixed_fp16
-
     from resel_deploy.controller import detect_kind
 
     src = Path(onnx_or_checkpoint)
@@ -160,7 +159,6 @@ def read_engine(path: str | Path) -> tuple[bytes, dict[str, Any]]:
 def _verify(engine: bytes, model_bytes: bytes, meta: dict[str, Any], steps: int, fp16: bool) -> float:
     """Max |engine - onnxruntime| over every output and state, each side feeding back its own state."""
     from resel.export.onnx import check_inputs
-
     from resel_deploy.backends import OnnxRuntimeBackend, TensorRTBackend
 
     worst = 0.0

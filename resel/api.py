@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from resel_deploy.controller import ENGINE_SUFFIXES
-from resel_train.stepwise import StepwisePolicy
 from resel_train.atomic import atomic_write
 from resel_train.callbacks import BaseCallback, with_defaults
 from resel_train.checkpoint import CHECKPOINT, load_checkpoint, policy_from_checkpoint, referenced_replay
@@ -38,6 +37,7 @@ from resel_train.config import (
     load_config_file,
     resolve_config,
 )
+from resel_train.stepwise import StepwisePolicy
 from resel_train.trainer import Trainer, resolve_device
 
 FORMATS = ("onnx", "tensorrt")

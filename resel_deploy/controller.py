@@ -418,7 +418,6 @@ def _onnx_model(path: Path, kind: str) -> tuple[bytes, dict[str, Any]]:
         return data, read_onnx_metadata(data, path)
     # a checkpoint is a training artifact: exporting it needs torch and the exporter (resel.export)
     from resel.export.onnx import build_metadata, parity_error, set_metadata, stepwise_to_onnx
-
     from resel_train.stepwise import StepwisePolicy
 
     stepwise = StepwisePolicy.from_checkpoint(path)

@@ -135,8 +135,9 @@ def test_save_is_a_checkpoint_every_command_takes(trained, tmp_path):
     assert path.read_bytes() == run_ckpt.read_bytes()
     assert load_checkpoint(path)["checksum"] == load_checkpoint(run_ckpt)["checksum"]
     assert (path.parent / load_checkpoint(path)["replay_file"]["name"]).is_file()
-    from resel.cli.main import app
     from typer.testing import CliRunner
+
+    from resel.cli.main import app
 
     result = CliRunner().invoke(app, ["eval", str(path), "--episodes", "1"])
     assert result.exit_code == 0 and "return" in result.output, result.output

@@ -5,9 +5,9 @@ Each step is checked against what it produced or against the library call it wra
 
 import re
 
-from resel.cli.main import app
 from typer.testing import CliRunner
 
+from resel.cli.main import app
 from resel_deploy.rollout import run_rollouts
 from resel_train.checkpoint import load_checkpoint
 from resel_train.logger import read_metrics

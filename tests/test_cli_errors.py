@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from resel.cli.main import app
 from typer.testing import CliRunner
 
+from resel.cli.main import app
 from tests.test_cli import TINY
 
 runner = CliRunner()

@@ -122,8 +122,9 @@ def test_signal_finishes_the_step_saves_and_says_how_to_resume(tmp_path, sig, co
 
 
 def test_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path):
-    from resel.cli.main import app
     from typer.testing import CliRunner
+
+    from resel.cli.main import app
 
     run = tmp_path / "Pendulum-V_mamba_s0"
     run.mkdir()
@@ -149,8 +150,9 @@ def test_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_pat
 
 
 def test_divergence_stops_with_step_and_quantity_and_keeps_the_last_good_checkpoint(tmp_path):
-    from resel.cli.main import app
     from typer.testing import CliRunner
+
+    from resel.cli.main import app
 
     run = tmp_path / "Pendulum-V_mamba_s0"
     args = ["train", "--env", "Pendulum-V", "--steps", "260", "--out", str(tmp_path), "--no-progress", *TINY,

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-from resel.export.onnx import export_onnx
 from rich.console import Console
 
+from resel.export.onnx import export_onnx
 from resel_deploy.rollout import RolloutReport, latency_stats, run_rollouts
 from resel_deploy.testing import make_random_checkpoint
 from resel_train.checkpoint import load_checkpoint, policy_from_checkpoint

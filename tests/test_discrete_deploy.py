@@ -5,14 +5,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from resel.cli.main import app
-from resel.export.onnx import export_onnx, read_metadata
 from typer.testing import CliRunner
 
+from resel.cli.main import app
+from resel.export.onnx import export_onnx, read_metadata
 from resel_deploy.controller import Controller
 from resel_deploy.rollout import run_rollouts
-from resel_train.stepwise import StepwisePolicy
 from resel_deploy.testing import make_random_checkpoint
+from resel_train.stepwise import StepwisePolicy
 
 torch.set_num_threads(1)
 OBS, N_ACT = 75, 4

@@ -7,11 +7,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from resel.export.onnx import export_onnx, read_metadata
 
+from resel.export.onnx import export_onnx, read_metadata
 from resel_deploy import Controller
-from resel_train.stepwise import StepwisePolicy
 from resel_deploy.testing import make_random_checkpoint
+from resel_train.stepwise import StepwisePolicy
 
 torch.set_num_threads(1)
 OBS, ACT = 5, 2

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+
 from resel.export.onnx import (
     OPSET,
     ExportError,
@@ -18,10 +19,9 @@ from resel.export.onnx import (
     read_metadata,
     to_mixed_fp16,
 )
-
-from resel_train.stepwise import StepwisePolicy
 from resel_deploy.testing import SMALL_MAMBA, make_random_checkpoint
 from resel_train.checkpoint import CheckpointError
+from resel_train.stepwise import StepwisePolicy
 
 torch.set_num_threads(1)
 IN = ("obs", "prev_reward", "is_first", "noise")

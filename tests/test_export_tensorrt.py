@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from resel.export.tensorrt import TensorRTUnavailable, build_engine, read_engine, tensorrt_unavailable_reason
 
+from resel.export.tensorrt import TensorRTUnavailable, build_engine, read_engine, tensorrt_unavailable_reason
 from resel_deploy import Controller
 from resel_deploy.testing import make_random_checkpoint
 

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from resel.cli.main import app
 from typer.testing import CliRunner
 
+from resel.cli.main import app
 from resel_train.checkpoint import CheckpointError, load_checkpoint
 from resel_train.report import markdown_table, write_report
 from resel_train.sweep import SweepGrid, plan_trials
@@ -69,7 +69,24 @@ def kill_after_first_checkpoint(out: Path, run: str) -> int:
         if subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).returncode != 0:
             break
         time.sleep(0.1)
+    wait_until_unlocked(out / run)  # a Ray worker outside the group can finish a save before it goes
     return checkpoint_steps(out / run)
+
+
+def wait_until_unlocked(run_dir: Path, timeout: float = 60.0) -> None:
+    """Return once no process holds the run folder's lock (the trial's process is gone)."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    with (run_dir / "run.lock").open("a+") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"{run_dir} still locked {timeout} s after the kill"
+                time.sleep(0.1)
 
 
 @needs_ray
