@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from resel_deploy.artifacts import ENGINE_FORMAT, engine_sidecar, read_engine
 from resel_deploy.backends import TensorRTUnavailable, require_tensorrt, tensorrt_unavailable_reason
 from resel_train.atomic import atomic_write
-
-ENGINE_FORMAT = "resel-stepwise-tensorrt"
 
 __all__ = ["TensorRTUnavailable", "build_engine", "build_engine_bytes", "read_engine", "tensorrt_unavailable_reason"]
 
@@ -88,7 +87,7 @@ def build_engine(
         meta["engine_parity_max_abs_error"] = _verify(engine, model.SerializeToString(), meta, verify_steps, fp16)
     meta["onnx_source"] = str(onnx_path)
     atomic_write(out, engine)
-    atomic_write(_sidecar(out), json.dumps(meta, indent=1).encode())
+    atomic_write(engine_sidecar(out), json.dumps(meta, indent=1).encode())
     return out
 
 
@@ -139,23 +138,6 @@ def build_engine_bytes(
     return bytes(plan), meta
 
 
-def read_engine(path: str | Path) -> tuple[bytes, dict[str, Any]]:
-    """The plan bytes and metadata of an engine written by :func:`build_engine`."""
-    path = Path(path)
-    side = _sidecar(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"engine not found: {path}")
-    if not side.is_file():
-        raise ValueError(f"{path}: missing its metadata file {side.name}; rebuild with `resel export --format trt`")
-    try:
-        meta = json.loads(side.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{side} is not valid JSON ({exc})") from exc
-    if meta.get("engine_format") != ENGINE_FORMAT:
-        raise ValueError(f"{side} does not describe a RESeL TensorRT engine")
-    return path.read_bytes(), meta
-
-
 def _verify(engine: bytes, model_bytes: bytes, meta: dict[str, Any], steps: int, fp16: bool) -> float:
     """Max |engine - onnxruntime| over every output and state, each side feeding back its own state."""
     from resel.export.onnx import check_inputs
@@ -179,7 +161,3 @@ def _verify(engine: bytes, model_bytes: bytes, meta: dict[str, Any], steps: int,
     if not worst <= limit:
         raise RuntimeError(f"TensorRT engine disagrees with onnxruntime: max abs error {worst:.3e} > {limit:g}")
     return worst
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")

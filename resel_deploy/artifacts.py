@@ -15,6 +15,7 @@ from typing import Any
 
 FORMAT = "resel-stepwise"
 FORMAT_VERSION = 1
+ENGINE_FORMAT = "resel-stepwise-tensorrt"  # the JSON sidecar of a TensorRT engine
 ORT_INSTALL_HINT = "pip install 'resel[deploy]'  (numpy + onnxruntime)"
 
 
@@ -48,3 +49,25 @@ def read_onnx_metadata(model: bytes, source: str | Path) -> dict[str, Any]:
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
         raise ValueError(f"{source} is not a readable ONNX file ({type(exc).__name__}: {exc})") from exc
     return decode_metadata(session.get_modelmeta().custom_metadata_map, source)
+
+
+def engine_sidecar(path: Path) -> Path:
+    """Where an engine's metadata lives: ``policy.engine`` -> ``policy.engine.json``."""
+    return path.with_name(path.name + ".json")
+
+
+def read_engine(path: str | Path) -> tuple[bytes, dict[str, Any]]:
+    """The plan bytes and metadata of an engine written by ``resel export --format trt``."""
+    path = Path(path)
+    side = engine_sidecar(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"engine not found: {path}")
+    if not side.is_file():
+        raise ValueError(f"{path}: missing its metadata file {side.name}; rebuild with `resel export --format trt`")
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{side} is not valid JSON ({exc})") from exc
+    if meta.get("engine_format") != ENGINE_FORMAT:
+        raise ValueError(f"{side} does not describe a RESeL TensorRT engine")
+    return path.read_bytes(), meta

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from resel_deploy.artifacts import read_onnx_metadata
+from resel_deploy.artifacts import read_engine, read_onnx_metadata
 from resel_deploy.backends import (
     Backend,
     OnnxRuntimeBackend,
@@ -183,8 +183,6 @@ class Controller:
         else:
             require_tensorrt()
             if kind == "engine":
-                from resel.export.tensorrt import read_engine
-
                 engine, meta = read_engine(path)
                 if batch > int(meta.get("max_batch", batch)):
                     raise ValueError(f"{path} was built for batch <= {meta['max_batch']}; got batch={batch} "
