@@ -7,6 +7,7 @@ import torch
 
 from resel_train.nets.encoders import make_encoder
 from resel_train.nets.mamba import Mamba
+from tests.encoder_checks import assert_step_matches_forward
 
 SMALL_MAMBA = dict(d_state=8, d_conv=4, expand=2, dt_rank=4)
 
@@ -31,14 +32,7 @@ def sequence(batch=3, length=41, in_dim=6, seed=1):
 def test_step_equals_forward_float32(kind):
     enc = encoder(kind)
     x, resets = sequence()
-    y_seq, final = enc(x, resets)
-    state, ys = enc.initial_state(x.shape[0]), []
-    for t in range(x.shape[1]):
-        y_t, state = enc.step(x[:, t], resets[:, t], state)
-        ys.append(y_t)
-    torch.testing.assert_close(torch.stack(ys, 1), y_seq, rtol=1e-5, atol=1e-5)
-    for a, b in zip(state, final, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_step_matches_forward(enc, x, resets)
 
 
 def test_two_mamba_blocks_step_equals_forward():

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from resel_train.nets.encoders import LSTMEncoder
+from tests.encoder_checks import assert_step_matches_forward
 
 IN, OUT, HID = 5, 7, 12
 
@@ -86,14 +87,7 @@ def test_edge_shapes_match_reference_loop(batch, length):
 def test_step_rolled_equals_forward_from_carried_state():
     enc = make(torch.float32)
     x, resets, h0, c0 = mixed_batch(dtype=torch.float32)
-    y_seq, final = enc(x, resets, (h0, c0))
-    s, ys = (h0, c0), []
-    for t in range(x.shape[1]):
-        y_t, s = enc.step(x[:, t], resets[:, t], s)
-        ys.append(y_t)
-    torch.testing.assert_close(torch.stack(ys, 1), y_seq, rtol=1e-5, atol=1e-5)
-    for a, b in zip(s, final, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_step_matches_forward(enc, x, resets, (h0, c0))
     assert enc.state_names() == ["lstm.h", "lstm.c"]
 
 
