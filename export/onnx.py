@@ -15,7 +15,8 @@ and the parity certificate then also certifies identical (greedy and sampled) ac
 
 All other tensors are float32 and the batch axis is dynamic (``batch``). State names, in order:
 ``prev_obs``, ``prev_act``, then the encoder's (Mamba: ``block0.conv``, ``block0.ssm``, ...;
-GRU: ``gru``); the semantics are in :mod:`resel_train.stepwise`. Weights are embedded in the
+GRU: ``gru``; LSTM: ``lstm.h``, ``lstm.c``; S5: ``layer0.re``, ``layer0.im``, ...); the semantics are in
+:mod:`resel_train.stepwise`. Weights are embedded in the
 file (``external_data=False``: no ``.onnx.data`` sidecar).
 
 Metadata (``metadata_props``, every value JSON-encoded): format, format_version, toolkit_version,

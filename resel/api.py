@@ -11,7 +11,7 @@
         obs, reward, terminated, truncated, _ = env.step(action)
         start = terminated or truncated                 # (reward_as_input tasks: pass reward= too)
 
-``predict`` runs the deploy side's :class:`~resel_train.stepwise.StepwisePolicy`, so its actions
+``predict`` runs :class:`~resel_train.stepwise.StepwisePolicy` (the step the trainer collects with), so its actions
 are exactly those of ``Controller.load(checkpoint, backend="torch")``; ``export`` writes the ONNX
 file or TensorRT engine that the controller runs on a robot.
 """

@@ -19,7 +19,8 @@ Inputs (all float32, ``batch`` rows = robots):
                  prev_obs (batch, obs_dim), prev_act (batch, act_dim) -- the squashed action in [-1, 1]
                  that the policy chose last step -- then the context encoder's tensors
                  (Mamba: per block ``blockI.conv`` (batch, d_inner, d_conv-1) and ``blockI.ssm``
-                 (batch, d_inner, d_state); GRU: ``gru`` (batch, hidden); MLP: nothing).
+                 (batch, d_inner, d_state); GRU: ``gru`` (batch, hidden); LSTM: ``lstm.h``, ``lstm.c``
+                 (batch, hidden); S5: per layer ``layerI.re``, ``layerI.im`` (batch, d_state); MLP: nothing).
 Outputs:
     action       (batch, act_dim)   tanh(mean + exp(log_std) * noise) rescaled to [action_low, action_high]
     mean, log_std (batch, act_dim)  the Gaussian head (pre-tanh), for diagnostics and parity checks
