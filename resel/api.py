@@ -28,7 +28,7 @@ import torch
 from resel_deploy.controller import ENGINE_SUFFIXES
 from resel_train.atomic import atomic_write
 from resel_train.callbacks import BaseCallback, with_defaults
-from resel_train.checkpoint import CHECKPOINT, load_checkpoint, policy_from_checkpoint, referenced_replay
+from resel_train.checkpoint import CHECKPOINT, load_checkpoint, referenced_replay
 from resel_train.config import (
     TrainConfig,
     apply_overrides,
@@ -88,7 +88,6 @@ class RESeL:
         self._device = device
         self._rng = np.random.default_rng(seed)  # noise of stochastic predict()
         self._stepwise: StepwisePolicy | None = None
-        self._stepwise_step = -1
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -260,18 +259,17 @@ class RESeL:
 
     # ---- inference ------------------------------------------------------------------------------
     def policy(self) -> StepwisePolicy:
-        """The stepwise policy of the current weights (what the controller and the export run), on ``device``."""
-        step = self.num_timesteps
-        if self._stepwise is None or self._stepwise_step != step:
-            if self._trainer is not None:
-                t = self._trainer
-                spec = t.model_spec()
-                policy = policy_from_checkpoint({"model": spec, "policy": t.agent.policy.state_dict()})
-                meta = {k: spec[k] for k in ("task_id", "encoder", "encoder_kwargs", "embed", "hidden")}
-                stepwise = StepwisePolicy(policy.cpu(), spec["action_low"], spec["action_high"], meta)
-            else:
-                stepwise = StepwisePolicy.from_checkpoint(self._source)
-            self._stepwise, self._stepwise_step = stepwise.to(self._device), step
+        """The stepwise policy (what the controller and the export run): around the live training weights
+        when this model has a trainer (no copy: the trainer collects through the same module), else the
+        loaded checkpoint's, on ``device``."""
+        t = self._trainer
+        if t is not None and (self._stepwise is None or self._stepwise.policy is not t.agent.policy):
+            spec = t.model_spec()
+            meta = {k: spec[k] for k in ("task_id", "encoder", "encoder_kwargs", "embed", "hidden")}
+            self._stepwise = StepwisePolicy(t.agent.policy, spec["action_low"], spec["action_high"], meta,
+                                            live=True).to(t.device)
+        elif self._stepwise is None:
+            self._stepwise = StepwisePolicy.from_checkpoint(self._source).to(self._device)
         return self._stepwise
 
     def predict(self, observation: Any, state: Mapping[str, np.ndarray] | None = None,
@@ -325,7 +323,8 @@ class RESeL:
             rew = np.broadcast_to(r.reshape(-1, 1) if r.ndim else r, (n, 1))
         noise = (np.zeros((n, stepwise.act_dim), np.float32) if deterministic
                  else self._rng.standard_normal((n, stepwise.act_dim), dtype=np.float32))
-        as_t = lambda a: torch.tensor(np.asarray(a, np.float32), device=self._device)  # noqa: E731
+        device = stepwise.act_scale.device
+        as_t = lambda a: torch.tensor(np.asarray(a, np.float32), device=device)  # noqa: E731
         with torch.inference_mode():
             out = stepwise(as_t(obs), as_t(rew), as_t(start), as_t(noise), *(as_t(state[k]) for k in names))
         action = out[0].cpu().numpy()
