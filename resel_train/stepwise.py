@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from resel_train.checkpoint import CheckpointError, load_checkpoint, nonfinite_weights, policy_from_checkpoint
-from resel_train.nets.policy import Policy
+from resel_train.nets.policy import Policy, categorical_action
 
 STATE_IN_PREFIX, STATE_OUT_PREFIX = "state_in.", "state_out."
 
@@ -163,7 +163,7 @@ class StepwisePolicy(nn.Module):
         context, new_enc_state = pol.encoder.step(x, is_first, tuple(enc_state))  # the training nets' own step
         mean, log_std = pol._head(obs, context)
         if self.discrete:  # (logits, log_probs); Gumbel-max with the given noise, written export-friendly
-            action = (mean + noise).argmax(-1)
+            action = categorical_action(mean, noise)
             one_hot = (action[:, None] == self.action_ids).to(obs.dtype)
             return (action, mean, log_std, obs.clone(), one_hot, *new_enc_state)
         squashed = torch.tanh(mean + torch.exp(log_std) * noise)

@@ -19,13 +19,6 @@ OBS, ACT = 7, 3
 LOW, HIGH = [-2.0, 0.0, -1.0], [2.0, 0.5, 1.0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_float_environment():
-    """Controllers flush denormals on this thread (FTZ/DAZ); leave the thread as we found it for other tests."""
-    yield
-    torch.set_flush_denormal(False)
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ctrl")

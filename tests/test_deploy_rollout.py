@@ -14,13 +14,6 @@ pytest.importorskip("mujoco")
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_float_environment():
-    """Controllers flush denormals on this thread (FTZ/DAZ); leave the thread as we found it for other tests."""
-    yield
-    torch.set_flush_denormal(False)
-
-
 @pytest.fixture(scope="module")
 def walker(tmp_path_factory):
     """Paper-size Mamba policy for Walker2d (obs 17, act 6, bounds +-1), exported to ONNX."""

@@ -14,12 +14,6 @@ LOW, HIGH = [-2.0, 0.0], [2.0, 1.0]
 HUGE = np.full(OBS, 3e38, np.float32)  # finite input that overflows inside the network -> NaN action
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _restore_float_environment():
-    yield
-    torch.set_flush_denormal(False)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return make_random_checkpoint(tmp_path_factory.mktemp("safe") / "c.pt", obs_dim=OBS, act_dim=ACT, embed=16,
