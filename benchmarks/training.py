@@ -48,35 +48,70 @@ def first_step_reaching(steps: np.ndarray, returns: np.ndarray, threshold: float
     return int(steps[hit[0]]) if len(hit) else None
 
 
+def training_rate(rows: list[dict[str, float]]) -> float:
+    """Mean logged env steps/s over the rows after warm-up (updates included); nan if none."""
+    rates = [r["steps_per_s"] for r in rows if "critic_loss" in r and "steps_per_s" in r]
+    return float(np.mean(rates)) if rates else float("nan")
+
+
+def markdown_table(summary: dict, marks: list[int]) -> str:
+    """The summary as a BENCHMARKS.md table: evals at the marks, final, steps to each threshold, rate."""
+    thresholds = summary["thresholds"]
+    head = ["encoder", "seed", f"eval at {' / '.join(f'{m // 1000}k' for m in marks)}", "final (last 3 evals)",
+            *[f"first step >= {t:g}" for t in thresholds], "env steps/s", "wall (min)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|---:|" + "---|" * len(thresholds) + "---:|---:|"]
+    for encoder, result in summary["encoders"].items():
+        for seed, run in result["seeds"].items():
+            at = dict(zip(run["steps"], run["returns"]))
+            evals = " / ".join(f"{at[m]:.0f}" if m in at else "-" for m in marks)
+            reach = [str(run["reach"][str(t)]) if run["reach"][str(t)] is not None else "not reached"
+                     for t in thresholds]
+            lines.append(f"| {encoder} | {seed} | {evals} | {run['final']:.1f} | " + " | ".join(reach)
+                         + f" | {run['steps_per_s']:.0f} | {run['wall_min']:.1f} |")
+        lines.append(f"| **{encoder}** | mean ± std | | **{result['final_mean']:.1f} ± {result['final_std']:.1f}** | "
+                     + "| " * len(thresholds) + f"{result['steps_per_s_mean']:.0f} | |")
+    return "\n".join(lines) + "\n"
+
+
 def summarise(out: Path, env: str, encoders: list[str], seeds: list[int], thresholds: list[float], tag: str = "") -> dict:
     from resel_train.logger import plot_learning_curves, read_metrics
 
     summary: dict = {"env": env, "thresholds": thresholds, "encoders": {}}
-    table = Table("encoder", "seed", "final return", *[f"first step >= {t:g}" for t in thresholds], "wall (min)")
+    table = Table("encoder", "seed", "final return", *[f"first step >= {t:g}" for t in thresholds], "env steps/s",
+                  "wall (min)")
+    last_step = 0
     for encoder in encoders:
-        finals = []
+        finals, rates = [], []
         per_seed = {}
         for seed in seeds:
-            rows = [r for r in read_metrics(run_dir(out, env, encoder, seed)) if "eval_return" in r]
-            steps = np.array([r["step"] for r in rows])
+            all_rows = read_metrics(run_dir(out, env, encoder, seed))
+            rows = [r for r in all_rows if "eval_return" in r]
+            steps = np.array([int(r["step"]) for r in rows])
             returns = np.array([r["eval_return"] for r in rows])
             final = float(returns[-3:].mean())
             finals.append(final)
+            rate = training_rate(all_rows)
+            rates.append(rate)
             reach = {str(t): first_step_reaching(steps, returns, t) for t in thresholds}
             wall = rows[-1]["wall_s"] / 60 if rows else float("nan")
+            last_step = max(last_step, int(steps[-1]) if len(steps) else 0)
             per_seed[seed] = {"final": final, "reach": reach, "steps": steps.tolist(), "returns": returns.tolist(),
-                              "wall_min": wall}
-            table.add_row(encoder, str(seed), f"{final:.1f}", *[str(reach[str(t)]) for t in thresholds], f"{wall:.1f}")
+                              "wall_min": wall, "steps_per_s": rate}
+            table.add_row(encoder, str(seed), f"{final:.1f}", *[str(reach[str(t)]) for t in thresholds],
+                          f"{rate:.0f}", f"{wall:.1f}")
         summary["encoders"][encoder] = {"final_mean": float(np.mean(finals)), "final_std": float(np.std(finals)),
-                                        "seeds": per_seed}
+                                        "steps_per_s_mean": float(np.mean(rates)), "seeds": per_seed}
         table.add_row(f"[bold]{encoder}", "mean ± std", f"{np.mean(finals):.1f} ± {np.std(finals):.1f}",
-                      *[""] * len(thresholds), "")
+                      *[""] * len(thresholds), f"{np.mean(rates):.0f}", "")
     console.print(table)
     png = plot_learning_curves({e: [run_dir(out, env, e, s) for s in seeds] for e in encoders},
                                RESULTS / f"learning_{env}{tag}.png", title=f"{env}{tag}: deterministic evaluation return")
     summary["png"] = str(png.relative_to(ROOT.parent))
-    (RESULTS / f"learning_{env}{tag}.json").write_text(json.dumps(summary, indent=1))
-    console.print(f"wrote {png} and {RESULTS / f'learning_{env}{tag}.json'}")
+    stem = RESULTS / f"learning_{env}{tag}"
+    Path(f"{stem}.json").write_text(json.dumps(summary, indent=1))
+    marks = list(range(10_000, last_step + 1, 10_000)) or [last_step]
+    Path(f"{stem}.md").write_text(markdown_table(summary, marks))
+    console.print(f"wrote {png}, {stem}.json and {stem}.md")
     return summary
 
 
@@ -106,6 +141,7 @@ def throughput(args: argparse.Namespace) -> None:
     import torch
 
     from resel_train.config import resolve_config
+    from resel_train.nets.encoders import ENCODER_KINDS
     from resel_train.trainer import Trainer
 
     torch.set_num_threads(args.threads)
@@ -113,7 +149,7 @@ def throughput(args: argparse.Namespace) -> None:
     results = []
     table = Table("preset", "encoder", "batch", "env steps/s (incl. updates)", "ms per env step")
     for preset, updates in (("cpu", args.updates), ("classic", max(3, args.updates // 10))):
-        for encoder in ("mamba", "gru", "mlp"):
+        for encoder in ENCODER_KINDS:
             cfg = resolve_config(args.env, preset, overrides=["eval_every=1000000000", "checkpoint_every=1000000000",
                                                               f"threads={args.threads}"],
                                  out=str(scratch / preset), **{"model.encoder": encoder})
