@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from resel_train.nets.encoders import GRUEncoder
 from resel_train.nets.segments import segment_layout
+from tests.encoder_checks import assert_matches_reference, assert_step_matches_forward, mixed_resets
 
 IN, OUT, HID = 5, 7, 12
 
@@ -21,7 +22,7 @@ def reference(enc, x, resets, state):
     g = enc.gru
     h_in = F.elu(enc.input(x))
     keep = 1.0 - resets.to(x.dtype)
-    h, outs = state, []
+    (h,), outs = state, []
     for t in range(x.shape[1]):
         h = h * keep[:, t, None]
         i_r, i_z, i_n = (h_in[:, t] @ g.weight_ih_l0.T + g.bias_ih_l0).chunk(3, -1)
@@ -29,20 +30,14 @@ def reference(enc, x, resets, state):
         r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
         h = (1 - z) * torch.tanh(i_n + r * h_n) + z * h
         outs.append(h)
-    return enc.output(F.elu(torch.stack(outs, 1))), h
+    return enc.output(F.elu(torch.stack(outs, 1))), (h,)
 
 
 def mixed_batch(length=23, dtype=torch.float64, seed=1):
-    """Rows: no reset at all (pure continuation), reset at 0 + random, all resets, reset only at the last
-    step, reset only at 0 (one trajectory then padding to the row end)."""
+    """Five rows of the reset cases of ``mixed_resets``, random inputs and carried state."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(5, length, IN, generator=g, dtype=dtype)
-    resets = torch.zeros(5, length, dtype=torch.bool)
-    resets[1] = torch.rand(length, generator=g) < 0.2
-    resets[1, [0, 8, 9, 15]] = True  # incl. a one-step trajectory
-    resets[2] = True
-    resets[3, -1] = True
-    resets[4, 0] = True
+    resets = mixed_resets(length, g)
     state = torch.randn(5, HID, generator=g, dtype=dtype)
     return x, resets, state
 
@@ -51,22 +46,7 @@ def mixed_batch(length=23, dtype=torch.float64, seed=1):
 def test_forward_and_gradients_match_reference_loop(dtype, tol):
     enc = make(dtype)
     x, resets, state = mixed_batch(dtype=dtype)
-    g = torch.Generator().manual_seed(2)
-    grad_y = torch.randn(5, x.shape[1], OUT, generator=g, dtype=dtype)
-    grad_h = torch.randn(5, HID, generator=g, dtype=dtype)
-    results = []
-    for use_reference in (False, True):
-        xl, sl = x.clone().requires_grad_(), state.clone().requires_grad_()
-        enc.zero_grad(set_to_none=True)
-        if use_reference:
-            y, h = reference(enc, xl, resets, sl)
-        else:
-            y, (h,) = enc(xl, resets, (sl,))
-        ((y * grad_y).sum() + (h * grad_h).sum()).backward()
-        results.append([y, h, xl.grad, sl.grad] + [p.grad.clone() for p in enc.parameters()])
-    names = ["y", "final", "grad x", "grad state"] + [n for n, _ in enc.named_parameters()]
-    for name, got, want in zip(names, *results, strict=True):
-        torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
+    assert_matches_reference(enc, reference, x, resets, (state,), tol)
 
 
 @pytest.mark.parametrize("batch,length", [(1, 1), (4, 1), (1, 17), (3, 2)])
@@ -78,7 +58,7 @@ def test_edge_shapes_match_reference_loop(batch, length):
     for resets in (torch.zeros(batch, length, dtype=torch.bool), torch.ones(batch, length, dtype=torch.bool),
                    torch.rand(batch, length, generator=g) < 0.5):
         y, (h,) = enc(x, resets, (state,))
-        y_ref, h_ref = reference(enc, x, resets, state)
+        y_ref, (h_ref,) = reference(enc, x, resets, (state,))
         torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
 
@@ -86,13 +66,7 @@ def test_edge_shapes_match_reference_loop(batch, length):
 def test_step_rolled_equals_forward_from_carried_state():
     enc = make(torch.float32)
     x, resets, state = mixed_batch(dtype=torch.float32)
-    y_seq, (final,) = enc(x, resets, (state,))
-    s, ys = (state,), []
-    for t in range(x.shape[1]):
-        y_t, s = enc.step(x[:, t], resets[:, t], s)
-        ys.append(y_t)
-    torch.testing.assert_close(torch.stack(ys, 1), y_seq, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(s[0], final, rtol=1e-5, atol=1e-5)
+    assert_step_matches_forward(enc, x, resets, (state,))
 
 
 def test_no_leakage_between_trajectories_in_a_row():

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from resel_train.nets.encoders import LSTMEncoder
-from tests.encoder_checks import assert_step_matches_forward
+from tests.encoder_checks import assert_matches_reference, assert_step_matches_forward, mixed_resets
 
 IN, OUT, HID = 5, 7, 12
 
@@ -16,9 +16,9 @@ def make(dtype=torch.float64, seed=0):
     return LSTMEncoder(IN, OUT, HID).to(dtype)
 
 
-def reference(enc, x, resets, h, c):
+def reference(enc, x, resets, state):
     """LSTM maths (gate order i, f, g, o) looped over time, memory zeroed at resets."""
-    m = enc.lstm
+    m, (h, c) = enc.lstm, state
     h_in = F.elu(enc.input(x))
     keep = 1.0 - resets.to(x.dtype)
     outs = []
@@ -29,20 +29,14 @@ def reference(enc, x, resets, h, c):
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         outs.append(h)
-    return enc.output(F.elu(torch.stack(outs, 1))), h, c
+    return enc.output(F.elu(torch.stack(outs, 1))), (h, c)
 
 
 def mixed_batch(length=23, dtype=torch.float64, seed=1):
-    """Rows: no reset, reset at 0 + random incl. consecutive, all resets, reset only at the last step,
-    reset only at 0."""
+    """Five rows of the reset cases of ``mixed_resets``, random inputs and carried (h, c)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(5, length, IN, generator=g, dtype=dtype)
-    resets = torch.zeros(5, length, dtype=torch.bool)
-    resets[1] = torch.rand(length, generator=g) < 0.2
-    resets[1, [0, 8, 9, 15]] = True
-    resets[2] = True
-    resets[3, -1] = True
-    resets[4, 0] = True
+    resets = mixed_resets(length, g)
     h = torch.randn(5, HID, generator=g, dtype=dtype)
     c = torch.randn(5, HID, generator=g, dtype=dtype)
     return x, resets, h, c
@@ -52,22 +46,7 @@ def mixed_batch(length=23, dtype=torch.float64, seed=1):
 def test_forward_and_gradients_match_reference_loop(dtype, tol):
     enc = make(dtype)
     x, resets, h0, c0 = mixed_batch(dtype=dtype)
-    g = torch.Generator().manual_seed(2)
-    grad_y = torch.randn(5, x.shape[1], OUT, generator=g, dtype=dtype)
-    grad_h, grad_c = (torch.randn(5, HID, generator=g, dtype=dtype) for _ in range(2))
-    results = []
-    for use_reference in (False, True):
-        xl, hl, cl = (t.clone().requires_grad_() for t in (x, h0, c0))
-        enc.zero_grad(set_to_none=True)
-        if use_reference:
-            y, h, c = reference(enc, xl, resets, hl, cl)
-        else:
-            y, (h, c) = enc(xl, resets, (hl, cl))
-        ((y * grad_y).sum() + (h * grad_h).sum() + (c * grad_c).sum()).backward()
-        results.append([y, h, c, xl.grad, hl.grad, cl.grad] + [p.grad.clone() for p in enc.parameters()])
-    names = ["y", "h", "c", "grad x", "grad h0", "grad c0"] + [n for n, _ in enc.named_parameters()]
-    for name, got, want in zip(names, *results, strict=True):
-        torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
+    assert_matches_reference(enc, reference, x, resets, (h0, c0), tol)
 
 
 @pytest.mark.parametrize("batch,length", [(1, 1), (4, 1), (1, 17), (3, 2)])
@@ -79,7 +58,7 @@ def test_edge_shapes_match_reference_loop(batch, length):
     for resets in (torch.zeros(batch, length, dtype=torch.bool), torch.ones(batch, length, dtype=torch.bool),
                    torch.rand(batch, length, generator=g) < 0.5):
         y, (h, c) = enc(x, resets, (h0, c0))
-        y_ref, h_ref, c_ref = reference(enc, x, resets, h0, c0)
+        y_ref, (h_ref, c_ref) = reference(enc, x, resets, (h0, c0))
         for got, want in ((y, y_ref), (h, h_ref), (c, c_ref)):
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
