@@ -54,9 +54,12 @@ def training_rate(rows: list[dict[str, float]]) -> float:
     return float(np.mean(rates)) if rates else float("nan")
 
 
-def markdown_table(summary: dict, marks: list[int]) -> str:
-    """The summary as a BENCHMARKS.md table: evals at the marks, final, steps to each threshold, rate."""
+def markdown_table(summary: dict) -> str:
+    """The summary as a BENCHMARKS.md table: evals every 10k steps, final, steps to each threshold, rate."""
     thresholds = summary["thresholds"]
+    last_step = max(max(run["steps"], default=0) for result in summary["encoders"].values()
+                    for run in result["seeds"].values())
+    marks = list(range(10_000, last_step + 1, 10_000)) or [last_step]
     head = ["encoder", "seed", f"eval at {' / '.join(f'{m // 1000}k' for m in marks)}", "final (last 3 evals)",
             *[f"first step >= {t:g}" for t in thresholds], "env steps/s", "wall (min)"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---|---:|" + "---|" * len(thresholds) + "---:|---:|"]
@@ -79,7 +82,6 @@ def summarise(out: Path, env: str, encoders: list[str], seeds: list[int], thresh
     summary: dict = {"env": env, "thresholds": thresholds, "encoders": {}}
     table = Table("encoder", "seed", "final return", *[f"first step >= {t:g}" for t in thresholds], "env steps/s",
                   "wall (min)")
-    last_step = 0
     for encoder in encoders:
         finals, rates = [], []
         per_seed = {}
@@ -94,7 +96,6 @@ def summarise(out: Path, env: str, encoders: list[str], seeds: list[int], thresh
             rates.append(rate)
             reach = {str(t): first_step_reaching(steps, returns, t) for t in thresholds}
             wall = rows[-1]["wall_s"] / 60 if rows else float("nan")
-            last_step = max(last_step, int(steps[-1]) if len(steps) else 0)
             per_seed[seed] = {"final": final, "reach": reach, "steps": steps.tolist(), "returns": returns.tolist(),
                               "wall_min": wall, "steps_per_s": rate}
             table.add_row(encoder, str(seed), f"{final:.1f}", *[str(reach[str(t)]) for t in thresholds],
@@ -109,8 +110,7 @@ def summarise(out: Path, env: str, encoders: list[str], seeds: list[int], thresh
     summary["png"] = str(png.relative_to(ROOT.parent))
     stem = RESULTS / f"learning_{env}{tag}"
     Path(f"{stem}.json").write_text(json.dumps(summary, indent=1))
-    marks = list(range(10_000, last_step + 1, 10_000)) or [last_step]
-    Path(f"{stem}.md").write_text(markdown_table(summary, marks))
+    Path(f"{stem}.md").write_text(markdown_table(summary))
     console.print(f"wrote {png}, {stem}.json and {stem}.md")
     return summary
 

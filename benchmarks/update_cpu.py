@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from resel_train.nets.encoders import ENCODER_KINDS
+
 
 def measure(preset: str, encoder: str, updates: int) -> float:
     from resel_train.config import resolve_config
@@ -43,18 +45,15 @@ def measure(preset: str, encoder: str, updates: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=40, help="timed updates at the CPU preset (paper size: / 10)")
-    parser.add_argument("--encoders", nargs="+", default=None, help="encoder kinds (default: all)")
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODER_KINDS), choices=ENCODER_KINDS)
     parser.add_argument("--presets", nargs="+", default=["cpu", "classic"], choices=["cpu", "classic"])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "update_cpu.json"))
     args = parser.parse_args()
-    from resel_train.nets.encoders import ENCODER_KINDS
-
-    encoders = args.encoders or list(ENCODER_KINDS)
     torch.set_num_threads(1)
     rows = []
     for preset in args.presets:
         updates = args.updates if preset == "cpu" else max(2, args.updates // 10)
-        for encoder in encoders:
+        for encoder in args.encoders:
             rows.append({"preset": preset, "encoder": encoder, "cpu_ms_per_update": measure(preset, encoder, updates)})
             print(f"{preset:8s} {encoder:6s} {rows[-1]['cpu_ms_per_update']:9.1f} ms", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
