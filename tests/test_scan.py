@@ -32,8 +32,8 @@ def run(impl, inputs, reset, grad_seed=1):
         leaves["delta_bias"], True, reset, leaves["initial_state"], return_last_state=True, impl=impl,
     )
     g = torch.Generator().manual_seed(grad_seed)
-    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
-    loss = loss + (last * torch.randn(last.shape, generator=g, dtype=last.dtype)).sum()
+    weights = lambda t: torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype)  # noqa: E731  same in any dtype
+    loss = (y * weights(y)).sum() + (last * weights(last)).sum()
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return y.detach(), last.detach(), dict(zip(leaves, grads))
 
@@ -162,3 +162,42 @@ def test_cuda_kernel_refuses_resets_and_matches_without():
         selective_scan(*args, reset=reset.cuda(), impl="cuda")
     torch.testing.assert_close(selective_scan(*args, impl="cuda"), selective_scan(*args, impl="parallel"),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("length", [1, 7, 8, 37, 203])
+@pytest.mark.parametrize("chunk_steps", [None, 5, 16])  # one chunk, or chunks L is not a multiple of
+@pytest.mark.parametrize("two_level", [True, False])
+def test_parallel_matches_loop_float32_every_walk(monkeypatch, length, chunk_steps, two_level):
+    """float32 vs the float64 loop within 1e-5: plain and two-level walks, ragged chunks and blocks."""
+    batch, d_inner, d_state = 3, 5, 6
+    if chunk_steps:
+        monkeypatch.setattr(scan_mod, "_CHUNK_ELEMENTS", batch * d_inner * d_state * chunk_steps)
+    monkeypatch.setattr(scan_mod, "_TWO_LEVEL_MAX_ELEMENTS", 1 << 30 if two_level else 0)
+    inputs, reset = make_inputs(batch, d_inner, d_state, length=length)
+    y_ref, last_ref, g_ref = run("loop", inputs, reset)
+    y, last, g = run("parallel", {k: v.float() for k, v in inputs.items()}, reset)
+    torch.testing.assert_close(y, y_ref.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, last_ref.float(), rtol=1e-5, atol=1e-5)
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name].float(), rtol=1e-5, atol=1e-5, msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("steps,block", [(12, 12), (12, 4), (12, 3), (10, 5), (9, 1)])
+def test_linear_scan_matches_a_plain_loop(reverse, steps, block):
+    """The in-place walk, one or two levels, equals x_{t+1} += l_t x_t (or its reverse) step by step."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(steps, 2, 3, generator=g, dtype=torch.float64)
+    links = torch.rand(steps, 2, 3, generator=g, dtype=torch.float64) * 1.5
+    links[4] = 0.0  # a reset-like cut
+    expected = x.clone()
+    order = range(steps - 2, -1, -1) if reverse else range(steps - 1)
+    for t in order:
+        if reverse:
+            expected[t] += links[t] * expected[t + 1]
+        else:
+            expected[t + 1] += links[t] * expected[t]
+    buf = torch.empty(1 if block == steps else 2, steps, 2, 3, dtype=torch.float64)
+    buf[0] = x
+    scan_mod._linear_scan_(buf, links, block, reverse)
+    torch.testing.assert_close(buf[0], expected, rtol=1e-12, atol=1e-12)
