@@ -91,8 +91,9 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     encoder: Annotated[Optional[Encoder], typer.Option(help="Context encoder.")] = None,
-    preset: Annotated[str, typer.Option(help="auto (by task family), mujoco, pybullet, gravity, meta, classic, "
-                                             "keydoor, or cpu (2-core friendly; see README)")] = "auto",
+    preset: Annotated[str, typer.Option(help="auto: the task family's paper preset on a CUDA GPU, its cpu "
+                                             "variant without one; or mujoco, pybullet, gravity, meta, classic, "
+                                             "keydoor, cpu (2-core friendly; see README)")] = "auto",
     out: Annotated[Optional[str], typer.Option(help="Parent folder of the run folder.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML/YAML file of config values.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any field, e.g. algo.batch_size=500")] = None,
@@ -101,7 +102,7 @@ def train(
 ) -> None:
     """Train RESeL on a task; writes checkpoint.pt, metrics.csv and TensorBoard logs to the run folder."""
     from resel.api import RESeL
-    from resel_train.config import parse_overrides
+    from resel_train.config import auto_preset_note, parse_overrides
     from resel_train.guard import TrainingDiverged
     from resel_train.trainer import TrainingInterrupted
 
@@ -111,6 +112,8 @@ def train(
     model = RESeL(env, preset, seed if seed is not None else 0, out if out is not None else "runs",
                   device or "auto", config=config, resume=resume, **overrides)
     trainer = model.trainer
+    if preset == "auto" and trainer.cfg.preset == "cpu" and not resume:
+        console.print(auto_preset_note(env))
     if trainer.lock.previous_holder:
         console.print(f"took over the stale lock of a process that is gone ({trainer.lock.previous_holder})")
     console.print(f"run folder: [bold]{trainer.run_dir}[/]  preset: {trainer.cfg.preset}  "

@@ -48,7 +48,8 @@ class RESeL:
     """A RESeL agent on one task, backed by a :class:`~resel_train.trainer.Trainer` and its run folder.
 
     ``RESeL(env_id, preset="auto", seed=0, out="runs", device="auto", **overrides)``: ``preset`` as
-    in ``resel train --preset`` (auto: the task family's); the run folder is
+    in ``resel train --preset`` (auto: the task family's paper preset when training on a CUDA GPU,
+    its ``cpu`` variant otherwise; ``model.trainer.cfg.preset`` says which); the run folder is
     ``<out>/<env_id>_<encoder>_s<seed>/`` (or ``run_dir=``), created here. ``overrides`` are config
     keys, dotted (``**{"algo.batch_size": 128}``) or as section dicts (``algo={"batch_size": 128}``);
     an unknown key or a wrong type raises ValueError naming it. ``config=``: a TOML/YAML file of

@@ -1,4 +1,4 @@
-"""Typed training configuration, per-family presets (SPEC §2) and overrides from files and the CLI.
+"""Typed training configuration, per-family presets and overrides from files and the CLI.
 
 Resolution order: preset for the task family -> per-task overrides -> config file -> ``--set``
 overrides -> explicit CLI flags. The resolved config is saved next to every checkpoint.
@@ -75,7 +75,7 @@ class TrainConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
 
 
-# Learning rates, batch and step budget by task family (SPEC §2); "classic" (small POMDPs) borrows
+# Learning rates, batch and step budget by task family; "classic" (small POMDPs) borrows
 # the PyBullet-POMDP rates. "cpu" is a 2-core-friendly preset: see README for what it changes.
 _FAMILY_PRESETS: dict[str, dict[str, Any]] = {
     "mujoco": {"steps": 5_000_000, "algo": dict(policy_lr=6e-5, critic_lr=2e-4, encoder_lr=2e-6, batch_size=2000)},
@@ -97,7 +97,7 @@ CPU_PRESET: dict[str, Any] = {
 _CPU_FAMILY_MODEL: dict[str, dict[str, Any]] = {"keydoor": {"model": dict(d_conv=1)}}
 PRESETS = (*_FAMILY_PRESETS, "cpu")
 
-# Per-task overrides from the authors' configs (SPEC §2).
+# Per-task overrides from the authors' configs.
 _TASK_OVERRIDES: dict[str, dict[str, Any]] = {
     "HalfCheetah": {"algo": dict(policy_lr=3e-4, critic_lr=1e-3, encoder_lr=1e-5, alpha_lr=5e-4)},
     "AntBLT-V": {"algo": dict(batch_size=128, policy_lr=5e-4, critic_lr=5e-4)},
@@ -124,7 +124,8 @@ def resolve_config(
 
     info = task_info(env)
     cfg = TrainConfig(env=env)
-    family = info.family if preset == "auto" else preset
+    device = flags.get("device") or parse_overrides(overrides or []).get("device") or cfg.device
+    family = resolve_preset(preset, info.family, str(device))
     if family == "cpu":
         _apply(cfg, _FAMILY_PRESETS[info.family])
         _apply(cfg, CPU_PRESET)
@@ -147,6 +148,30 @@ def resolve_config(
         if value is not None:
             _set_path(cfg, key, value)
     return cfg
+
+
+def resolve_preset(preset: str, family: str, device: str) -> str:
+    """``"auto"``: the task family's (paper) preset when training runs on a CUDA GPU, else ``"cpu"``.
+
+    The paper's presets (width 256, batches of 2000 transitions, millions of steps) take weeks on
+    a CPU; the cpu variant keeps the family's task settings at a size a laptop trains in minutes
+    to hours. Any other name is returned unchanged.
+    """
+    if preset != "auto":
+        return preset
+    import torch
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return family if cuda else "cpu"
+
+
+def auto_preset_note(env: str) -> str:
+    """The line that says ``--preset auto`` picked the cpu variant, and how to get the paper's preset."""
+    from resel_train.envs import task_info
+
+    family = task_info(env).family
+    return (f"no CUDA GPU: --preset auto uses the cpu variant of the {family} preset (width 64, batch 256); "
+            f"for the paper's exact preset pass --preset {family}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -41,9 +41,9 @@ def q_table(obs):
 
 
 def test_preset_holds_the_paper_model():
-    cfg = resolve_config("KeyToDoor-120")
+    cfg = resolve_config("KeyToDoor-120", "keydoor")
     assert (cfg.model.input_layers, cfg.model.d_conv, cfg.model.n_blocks, cfg.algo.fixed_alpha) == (3, 1, 1, 0.2)
-    assert resolve_config("KeyToDoor-500").model.n_blocks == 4
+    assert resolve_config("KeyToDoor-500", "keydoor").model.n_blocks == 4
     cpu = resolve_config("KeyToDoor-60", preset="cpu")
     assert (cpu.model.d_conv, cpu.model.input_layers, cpu.algo.fixed_alpha, cpu.warmup_steps) == (1, 3, 0.2, 1000)
     assert cpu.model.hidden < cfg.model.hidden

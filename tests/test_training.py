@@ -1,5 +1,7 @@
 """Training side: critic target by hand, optimiser groups, smoke runs per family, exact resume, config."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ import torch
 from resel_train.algo import RESeL, UpdateNoise, parameter_groups
 from resel_train.buffer import TrajectoryBuffer
 from resel_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from resel_train.config import resolve_config
+from resel_train.config import auto_preset_note, resolve_config
 from resel_train.trainer import Trainer, metrics_to_floats
 
 TINY = ["model.d_state=4", "model.d_conv=4", "model.embed=16", "model.hidden=16", "model.dt_rank=2",
@@ -158,14 +160,14 @@ def test_checkpoints_reject_corrupt_foreign_and_pickled_files(tmp_path):
 
 
 def test_config_presets_files_and_overrides(tmp_path):
-    gravity = resolve_config("Walker2d-gravity")
+    gravity = resolve_config("Walker2d-gravity", device="cuda")  # auto on a GPU: the paper's family preset
     assert (gravity.preset, gravity.algo.batch_size, gravity.steps) == ("gravity", 1000, 2_000_000)
     assert (gravity.algo.policy_lr, gravity.algo.critic_lr, gravity.algo.encoder_lr) == (6e-5, 2e-4, 2e-6)
-    cheetah = resolve_config("HalfCheetah")
+    cheetah = resolve_config("HalfCheetah", device="cuda")
     assert (cheetah.algo.policy_lr, cheetah.algo.encoder_lr, cheetah.algo.alpha_lr) == (3e-4, 1e-5, 5e-4)
-    assert resolve_config("AntBLT-V").algo.batch_size == 128
-    assert resolve_config("WalkerBLT-P").algo.encoder_lr == 5e-6
-    assert resolve_config("Hopper").algo.target_entropy == 0.0
+    assert resolve_config("AntBLT-V", "pybullet").algo.batch_size == 128
+    assert resolve_config("WalkerBLT-P", "pybullet").algo.encoder_lr == 5e-6
+    assert resolve_config("Hopper", device="cuda").algo.target_entropy == 0.0
     file = tmp_path / "c.toml"
     file.write_text("seed = 7\n[algo]\nbatch_size = 300\n[model]\nencoder = 'gru'\n")
     cfg = resolve_config("Pendulum-V", config_file=file, overrides=["algo.gamma=0.9", "steps=2e4"], seed=9)
@@ -174,6 +176,23 @@ def test_config_presets_files_and_overrides(tmp_path):
         resolve_config("Pendulum-V", overrides=["algo.lr=1"])
     with pytest.raises(ValueError, match="Unknown task id"):
         resolve_config("Walker3d")
+
+
+def test_auto_preset_is_the_cpu_variant_without_a_gpu(monkeypatch):
+    """auto: the family preset on CUDA, the cpu variant (with the family's task settings) elsewhere."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    auto = resolve_config("Walker2d-gravity")
+    cpu = resolve_config("Walker2d-gravity", "cpu")
+    assert (auto.preset, auto.algo.batch_size, auto.model.hidden) == ("cpu", 256, 64)
+    assert dataclasses.asdict(auto) == dataclasses.asdict(cpu)
+    assert resolve_config("Walker2d-gravity", device="cpu").preset == "cpu"
+    assert resolve_config("Walker2d-gravity", device="cuda:0").preset == "gravity"
+    assert resolve_config("Walker2d-gravity", overrides=["device=cuda"]).preset == "gravity"
+    assert resolve_config("Walker2d-gravity", "gravity").algo.batch_size == 1000  # asked for by name: kept
+    assert resolve_config("Hopper").algo.target_entropy == 0.0  # the task's own settings survive
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_config("Walker2d-gravity").preset == "gravity"
+    assert "--preset gravity" in auto_preset_note("Walker2d-gravity")
 
 
 def test_prefetched_batches_equal_sampling_on_the_spot():
