@@ -50,7 +50,7 @@ from resel_train.config import resolve_config
 from resel_train.graphed_update import GraphedUpdate
 from resel_train.ops.scan import selective_scan
 
-PAPER_UPDATE_MS = {"mlp": 9.5, "mamba": 17.0, "gru": 66.0}  # RTX 4090, 1000-step trajectories (SPEC §4)
+PAPER_UPDATE_MS = {"mlp": 9.5, "mamba": 17.0, "gru": 66.0}  # RTX 4090, 1000-step trajectories
 OBS_DIM, ACT_DIM, EPISODE = 17, 6, 1000  # Walker2d
 F32 = 4
 

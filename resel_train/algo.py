@@ -1,4 +1,4 @@
-"""The RESeL update: REDQ-flavoured SAC over packed trajectory batches (SPEC §2).
+"""The RESeL update: REDQ-flavoured SAC over packed trajectory batches.
 
 One call to :meth:`RESeL.update` is one critic step (and, when the noise carries a policy draw,
 one policy and alpha step). Every network runs once over the packed rows; the next-step view used

@@ -1,4 +1,4 @@
-"""Whole-trajectory replay buffer with packed, reset-flagged batches (SPEC sections 1-2).
+"""Whole-trajectory replay buffer with packed, reset-flagged batches.
 
 Storage layout
 --------------

@@ -1,7 +1,7 @@
 """The update replayed as CUDA graphs: one capture per (bucketed batch shape, step kind), one launch per update.
 
 Run eagerly, a paper-size update launches about a thousand small kernels and the host, not the
-GPU, sets the pace (SPEC §6). :meth:`RESeL.compute_update` has no host synchronisation and takes
+GPU, sets the pace. :meth:`RESeL.compute_update` has no host synchronisation and takes
 all its randomness as inputs, so it can be captured once and replayed. A graph replays one shape,
 so batches are zero-padded to a few bucketed shapes (:func:`bucket`: at most 1/8 more slots),
 which changes no loss (padding slots are masked and follow every trajectory) and, because the

@@ -1,4 +1,4 @@
-"""The paper's reference returns (SPEC §4), so `resel report` can print them beside a sweep's numbers.
+"""The paper's reference returns, so `resel report` can print them beside a sweep's numbers.
 
 Source: the RESeL paper (NeurIPS 2024) and the authors' results file. Each entry is RESeL's final mean
 return at the step budget it was reported at; ``sac`` is the SAC baseline where the paper gives one.

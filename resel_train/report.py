@@ -182,7 +182,7 @@ def _write_markdown(report: Report, sweep_dir: Path) -> None:
         f"{len(runs)} runs ({report.finished} finished, {len(runs) - report.finished} running) over {len(envs)} "
         f"tasks{failed}.",
         "Cells: mean ± standard error of eval_return over seeds (n seeds) at each step (the last evaluation at or "
-        "below it). Paper: RESeL's final return at the paper's step budget (SPEC §4).", "",
+        "below it). Paper: RESeL's final return at the paper's step budget.", "",
         markdown_table(report), "",
         "Learning curves: " + ", ".join(f"[{e}]({e}.png)" for e in envs), "",
     ]))

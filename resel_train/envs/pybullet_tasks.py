@@ -1,7 +1,7 @@
 """PyBullet locomotion POMDPs (pomdp-baselines): ``-P`` keeps positions, ``-V`` keeps velocities.
 
 The environments come from ``pybullet-envs-gymnasium`` (Gymnasium 1.x port of pybullet_envs);
-the index lists are the ones of the RESeL / pomdp-baselines benchmark (SPEC section 3).
+the index lists are the ones of the RESeL / pomdp-baselines benchmark.
 """
 
 from __future__ import annotations
