@@ -92,7 +92,9 @@ def small_cfg(env, tmp_path, steps_after_warmup=2, **flags):
     warmup = task_info(env).max_episode_steps
     overrides = TINY + [f"warmup_steps={warmup}", f"eval_every={10**9}", f"checkpoint_every={10**9}",
                         "eval_episodes=1", "algo.batch_size=32", "replay_capacity=20000", "threads=1"]
-    return resolve_config(env, overrides=overrides, steps=warmup + steps_after_warmup, out=str(tmp_path), **flags)
+    family = task_info(env).family  # pinned: the same config on a CPU and a CUDA machine
+    return resolve_config(env, family, overrides=overrides, steps=warmup + steps_after_warmup, out=str(tmp_path),
+                          **flags)
 
 
 @pytest.mark.parametrize("env", ["Pendulum-P", "CartPole-V", "Hopper", "Walker2d-gravity", "HopperBLT-V",

@@ -324,11 +324,12 @@ def _workspace(name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
 
     The chunk buffers are megabytes each and allocated several times per update; fresh allocations
     of that size come from the OS and are page-faulted in on first touch, which costs as much as the
-    arithmetic on them. Per thread, so concurrent scans never share one.
+    arithmetic on them. Per thread, so concurrent scans never share one, and per inference mode
+    (a tensor made under ``torch.inference_mode`` cannot be written outside it).
     """
     cache = _WORKSPACES.__dict__
     numel = math.prod(shape)
-    key = (name, like.dtype, like.device)
+    key = (name, like.dtype, like.device, torch.is_inference_mode_enabled())
     flat = cache.get(key)
     if flat is None or flat.numel() < numel:
         flat = cache[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
