@@ -20,7 +20,7 @@ from resel_train.envs import make_env
 ROOT = Path(__file__).resolve().parents[1]
 # Wind: 75-step episodes and the previous reward as a policy input (so predict's reward path is exercised)
 TINY = {"model.d_state": 4, "model.d_conv": 4, "model.embed": 16, "model.hidden": 16, "model.dt_rank": 2,
-        "algo.batch_size": 32, "warmup_steps": 75, "eval_episodes": 1, "threads": 1}
+        "algo.batch_size": 32, "algo.update_every": 1, "warmup_steps": 75, "eval_episodes": 1, "threads": 1}
 WARMUP = 75
 
 
