@@ -45,18 +45,33 @@ def _cpu_ms(fn, reps: int) -> float:
     return (time.process_time() - start) / reps * 1e3
 
 
+def _warm_trainer(preset: str, encoder: str, tmp: str):
+    """A Pendulum-V trainer that has run its warm-up (random steps; no update yet), no evaluation or checkpoints."""
+    from resel_train.config import resolve_config
+    from resel_train.trainer import Trainer
+
+    cfg = resolve_config("Pendulum-V", preset, overrides=["eval_every=1000000000", "checkpoint_every=1000000000",
+                                                          "threads=1"], out=tmp, **{"model.encoder": encoder})
+    cfg.steps = cfg.warmup_steps
+    trainer = Trainer(cfg)
+    trainer.train(show_progress=False)
+    return trainer
+
+
+def _warm_sb3():
+    """SB3 SAC (MlpPolicy 256x256, batch 256) on Pendulum-v1 after its 1000 warm-up steps."""
+    from stable_baselines3 import SAC
+
+    model = SAC("MlpPolicy", "Pendulum-v1", batch_size=256, learning_starts=1000, seed=0, device="cpu")
+    model.learn(1000)
+    return model
+
+
 class OurUpdate:
     """A trainer past its warm-up on Pendulum-V; ``step`` is one update (sample + update)."""
 
     def __init__(self, preset: str, encoder: str, tmp: str) -> None:
-        from resel_train.config import resolve_config
-        from resel_train.trainer import Trainer
-
-        cfg = resolve_config("Pendulum-V", preset, overrides=["eval_every=1000000000", "checkpoint_every=1000000000",
-                                                              "threads=1"], out=tmp, **{"model.encoder": encoder})
-        cfg.steps = cfg.warmup_steps
-        self.trainer = Trainer(cfg)
-        self.trainer.train(show_progress=False)
+        self.trainer = _warm_trainer(preset, encoder, tmp)
         for _ in range(3):
             self.step()
 
@@ -69,10 +84,7 @@ class SB3Update:
     """SB3 SAC on Pendulum-v1 past its warm-up; ``step`` is one gradient step (batch 256)."""
 
     def __init__(self) -> None:
-        from stable_baselines3 import SAC
-
-        self.model = SAC("MlpPolicy", "Pendulum-v1", batch_size=256, learning_starts=1000, seed=0, device="cpu")
-        self.model.learn(1000)
+        self.model = _warm_sb3()
         for _ in range(3):
             self.step()
 
@@ -82,15 +94,8 @@ class SB3Update:
 
 def our_env_steps_per_s(preset: str, encoder: str, steps: int, tmp: str) -> float:
     """Env steps/s of ``resel train --env Pendulum-V --preset <preset>`` over ``steps`` steps after warm-up."""
-    from resel_train.config import resolve_config
-    from resel_train.trainer import Trainer
-
-    cfg = resolve_config("Pendulum-V", preset, overrides=["eval_every=1000000000", "checkpoint_every=1000000000",
-                                                          "threads=1"], out=tmp, **{"model.encoder": encoder})
-    cfg.steps = cfg.warmup_steps
-    trainer = Trainer(cfg)
-    trainer.train(show_progress=False)
-    trainer.cfg.steps = cfg.warmup_steps + steps
+    trainer = _warm_trainer(preset, encoder, tmp)
+    trainer.cfg.steps = trainer.env_steps + steps
     start = time.perf_counter()
     trainer.train(show_progress=False)
     return steps / (time.perf_counter() - start)
@@ -98,10 +103,7 @@ def our_env_steps_per_s(preset: str, encoder: str, steps: int, tmp: str) -> floa
 
 def sb3_env_steps_per_s(steps: int) -> float:
     """Env steps/s of SB3 SAC's ``learn`` on Pendulum-v1 (one gradient step per env step) after warm-up."""
-    from stable_baselines3 import SAC
-
-    model = SAC("MlpPolicy", "Pendulum-v1", batch_size=256, learning_starts=1000, seed=0, device="cpu")
-    model.learn(1000)
+    model = _warm_sb3()
     start = time.perf_counter()
     model.learn(steps, reset_num_timesteps=False)
     return steps / (time.perf_counter() - start)

@@ -170,7 +170,8 @@ def auto_preset_note(env: str) -> str:
     from resel_train.envs import task_info
 
     family = task_info(env).family
-    return (f"no CUDA GPU: --preset auto uses the cpu variant of the {family} preset (width 64, batch 256); "
+    size = f"width {CPU_PRESET['model']['hidden']}, batch {CPU_PRESET['algo']['batch_size']}"
+    return (f"no CUDA GPU: --preset auto uses the cpu variant of the {family} preset ({size}); "
             f"for the paper's exact preset pass --preset {family}")
 
 

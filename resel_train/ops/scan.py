@@ -200,7 +200,7 @@ def _linear_scan_(buf: Tensor, links: Tensor, block: int, reverse: bool) -> None
     links inside each block alongside, then one short walk over the blocks passes each block's
     end state on, and a single fused op adds it, decayed, to every step of the next block.
     """
-    steps, blocks = links.shape[0], links.shape[0] // block
+    blocks = links.shape[0] // block
     z = buf.view(buf.shape[0], blocks, block, *buf.shape[2:])
     link = links.view(blocks, block, *links.shape[1:])
     entry = block - 1 if reverse else 0  # where a block receives what the neighbouring block passes on
@@ -312,7 +312,7 @@ class _ChunkedScan(torch.autograd.Function):
         g_dtu = g_dtu.permute(1, 2, 0)
         g_u = g_dtu * delta
         g_delta = g_dt.permute(1, 2, 0) + g_dtu * u
-        g_h0 = carry.transpose(1, 2) if ctx.has_h0 and carry is not None else None
+        g_h0 = carry.transpose(1, 2) if ctx.has_h0 else None
         return g_u, g_delta, g_A.t(), g_B.permute(1, 2, 0), g_C.permute(1, 2, 0), None, g_h0
 
 
