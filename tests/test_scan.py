@@ -1,10 +1,13 @@
-"""The reset-aware selective scan: parallel (chunked) path vs the plain loop and closed forms."""
+"""The reset-aware selective scan: the parallel (chunked) path and the CPU kernel vs the plain loop and closed forms."""
+
+import shutil
 
 import pytest
 import torch
 
 import resel_train.ops.scan as scan_mod
 from resel_train import selective_scan
+from resel_train.ops import cpu_kernel
 
 
 def make_inputs(batch=3, d_inner=5, d_state=6, length=37, dtype=torch.float64, seed=0, resets="mixed"):
@@ -201,3 +204,78 @@ def test_linear_scan_matches_a_plain_loop(reverse, steps, block):
     buf[0] = x
     scan_mod._linear_scan_(buf, links, block, reverse)
     torch.testing.assert_close(buf[0], expected, rtol=1e-12, atol=1e-12)
+
+
+needs_kernel = pytest.mark.skipif(cpu_kernel.load() is None, reason="no C compiler for the CPU scan kernel")
+
+
+@needs_kernel
+@pytest.mark.parametrize("length", [1, 7, 37, 203])
+@pytest.mark.parametrize("d_state", [6, 16, 17])  # below, at and past one vector of lanes
+@pytest.mark.parametrize("row_split", [None, [(0, 4), (4, 9), (9, 15)]])  # one call, or rows over three threads
+def test_cpu_kernel_matches_loop_float32(monkeypatch, length, d_state, row_split):
+    """The compiled kernel in float32 vs the float64 loop within 1e-5: y, last state and every gradient."""
+    if row_split:
+        monkeypatch.setattr(cpu_kernel, "_row_ranges", lambda rows: row_split)
+    inputs, reset = make_inputs(3, 5, d_state, length=length)
+    y_ref, last_ref, g_ref = run("loop", inputs, reset)
+    y, last, g = run("cpu", {k: v.float() for k, v in inputs.items()}, reset)
+    torch.testing.assert_close(y, y_ref.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, last_ref.float(), rtol=1e-5, atol=1e-5)
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name].float(), rtol=1e-5, atol=1e-5, msg=f"grad {name}")
+
+
+@needs_kernel
+def test_cpu_kernel_without_reset_state_or_last_state_gradient():
+    """No reset, no initial state, y alone: the kernel's optional inputs, vs the float64 loop."""
+    inputs, _ = make_inputs(2, 4, 16, length=50, resets="none")
+    keys = ("u", "delta", "A", "B", "C")
+    leaves = [{k: inputs[k].to(dtype).clone().requires_grad_() for k in keys} for dtype in (torch.float64, torch.float32)]
+    outs = [selective_scan(**lv, delta_softplus=True, impl=impl) for lv, impl in zip(leaves, ("loop", "cpu"))]
+    torch.testing.assert_close(outs[1], outs[0].float(), rtol=1e-5, atol=1e-5)
+    weights = torch.randn(outs[0].shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for out in outs:
+        (out * weights.to(out.dtype)).sum().backward()
+    for k in keys:
+        torch.testing.assert_close(leaves[1][k].grad, leaves[0][k].grad.float(), rtol=1e-5, atol=1e-5, msg=k)
+
+
+@needs_kernel
+def test_cpu_kernel_propagates_nan():
+    """A NaN input must stay visible downstream (the divergence guard relies on it), as in the loop."""
+    inputs, reset = make_inputs(3, 3, 16, length=20, dtype=torch.float32)
+    inputs["u"][1, 2, 5] = float("nan")
+    y = selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], reset=reset, impl="cpu")
+    ref = selective_scan(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], reset=reset, impl="loop")
+    assert torch.equal(y.isnan(), ref.isnan()) and y.isnan().any()
+
+
+def test_auto_uses_the_kernel_for_float32_cpu_and_falls_back_without_it(monkeypatch):
+    inputs, reset = make_inputs(3, 3, 4, length=9, dtype=torch.float32)
+    args = (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"])
+    available = cpu_kernel.load() is not None
+    assert scan_mod._resolve_impl("auto", inputs["u"], reset, None) == ("cpu" if available else "parallel")
+    assert scan_mod._resolve_impl("auto", inputs["u"].double(), reset, None) == "parallel"
+    monkeypatch.setattr(cpu_kernel, "load", lambda: None)
+    assert scan_mod._resolve_impl("auto", inputs["u"], reset, None) == "parallel"
+    with pytest.raises(ValueError, match="impl='cpu' needs"):
+        selective_scan(*args, impl="cpu")
+
+
+def test_kernel_build_is_cached_atomic_and_optional(monkeypatch, tmp_path):
+    """A build lands in the cache folder in one piece; without a compiler the loader says None, never raises."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_kernel, "_STATE", {})
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert cpu_kernel.load() is None
+    if shutil.which("cc") is None:
+        return
+    monkeypatch.setattr(cpu_kernel, "_STATE", {})
+    monkeypatch.setenv("CC", shutil.which("cc"))
+    assert cpu_kernel.load() is not None
+    built = sorted(p.name for p in (tmp_path / "resel" / "kernels").iterdir())
+    assert len(built) == 1 and built[0].endswith(".so")  # no temporary file left behind
+    monkeypatch.setattr(cpu_kernel, "_STATE", {})
+    monkeypatch.setenv("RESEL_CPU_KERNEL", "0")
+    assert cpu_kernel.load() is None

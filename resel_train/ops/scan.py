@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IMPLEMENTATIONS = ("auto", "loop", "parallel", "cuda", "triton")
+from resel_train.ops import cpu_kernel
+
+IMPLEMENTATIONS = ("auto", "loop", "parallel", "cpu", "cuda", "triton")
 
 # Target number of (batch * d_inner * d_state) elements held per chunk buffer: large enough that
 # chunk-wide ops amortise dispatch, small enough that the four chunk buffers stay cache-friendly.
@@ -86,6 +88,8 @@ def selective_scan(
 
     if impl == "loop":
         y, last = _scan_loop(u, delta, A, B, C, reset, h0)
+    elif impl == "cpu":
+        y, last = _KernelScan.apply(u, delta, A, B, C, reset, h0)
     else:
         y, last = _ChunkedScan.apply(u, delta, A, B, C, reset, h0)
 
@@ -132,6 +136,8 @@ def _resolve_impl(impl: str, u: Tensor, reset: Tensor | None, initial_state: Ten
                 "(pip install 'resel[triton]') or impl='parallel' for reset-aware scans"
             )
         _require_mamba_ssm()
+    if impl == "cpu" and (u.is_cuda or u.dtype == torch.float64 or cpu_kernel.load() is None):
+        raise ValueError("impl='cpu' needs float32 CPU tensors and a C compiler (cc); use impl='parallel'")
     if impl == "triton" and importlib.util.find_spec("triton") is None:
         raise ImportError("impl='triton' needs triton: pip install 'resel[triton]' (CUDA machine)")
     if impl != "auto":
@@ -141,6 +147,8 @@ def _resolve_impl(impl: str, u: Tensor, reset: Tensor | None, initial_state: Ten
             return "triton"
         if not has_extras and importlib.util.find_spec("mamba_ssm") is not None:
             return "cuda"
+    if not u.is_cuda and u.dtype != torch.float64 and cpu_kernel.load() is not None:
+        return "cpu"
     return "parallel"
 
 
@@ -314,6 +322,30 @@ class _ChunkedScan(torch.autograd.Function):
         g_delta = g_dt.permute(1, 2, 0) + g_dtu * u
         g_h0 = carry.transpose(1, 2) if ctx.has_h0 else None
         return g_u, g_delta, g_A.t(), g_B.permute(1, 2, 0), g_C.permute(1, 2, 0), None, g_h0
+
+
+class _KernelScan(torch.autograd.Function):
+    """The compiled CPU kernel (``cpu_kernel``): one pass per (batch, channel) row, state in registers."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, reset, h0):
+        lib = cpu_kernel.load()
+        u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
+        A2 = (A * _LOG2E).contiguous()
+        B_l, C_l = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (b, L, n)
+        reset = None if reset is None else reset.contiguous()
+        h0 = None if h0 is None else h0.contiguous()
+        y, last = cpu_kernel.scan_forward(lib, u, delta, A2, B_l, C_l, reset, h0)
+        ctx.save_for_backward(u, delta, A, A2, B_l, C_l, reset, h0)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_last):
+        u, delta, A, A2, B_l, C_l, reset, h0 = ctx.saved_tensors
+        dlast = None if grad_last is None else grad_last.contiguous()
+        du, ddelta, dA, dB, dC, dh0 = cpu_kernel.scan_backward(cpu_kernel.load(), u, delta, A, A2, B_l, C_l, reset,
+                                                               h0, grad_y.contiguous(), dlast)
+        return du, ddelta, dA, dB.transpose(1, 2), dC.transpose(1, 2), None, dh0
 
 
 _WORKSPACES = threading.local()
