@@ -5,12 +5,16 @@
 
 ``s_t`` is 1 at the first step of every trajectory, so trajectories stacked in one row never
 share memory. One entry point, :func:`selective_scan`, with mamba-ssm's argument layout
-(u, delta: (batch, d_inner, L); A: (d_inner, d_state); B, C: (batch, d_state, L)) and three
+(u, delta: (batch, d_inner, L); A: (d_inner, d_state); B, C: (batch, d_state, L)) and these
 implementations:
 
 - ``"loop"``: a plain per-step loop with autograd. The reference for tests; float64-capable.
-- ``"parallel"``: the default off-GPU. Every element-wise quantity (exp(dt*A), dt*B*u, the
-  output contraction) is computed for a whole time chunk at once; the state is carried through
+- ``"cpu"``: the default off-GPU for float32: a small C kernel (``cpu_scan.c``, built on first
+  use, see ``cpu_kernel``) that walks each (batch, channel) row once with its state in registers,
+  forward and a recomputing backward.
+- ``"parallel"``: pure PyTorch, used off-GPU for float64 or when no C compiler is available.
+  Every element-wise quantity (exp(dt*A), dt*B*u, the output contraction) is computed for a
+  whole time chunk at once; the state is carried through
   the chunk by a two-level walk (all sqrt-sized blocks of the chunk advanced together, then one
   pass that hands each block its predecessor's end state), so a chunk of T steps costs
   ~sqrt(8T) small ops instead of T, or by a plain one-op-per-step walk when a step's slice is
