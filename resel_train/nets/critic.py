@@ -31,6 +31,16 @@ class EnsembleLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def forward_shared(self, x: Tensor) -> Tensor:
+        """Every member on the same input (N, in) -> (n, N, out): one matmul against the members side by side.
+
+        Cheaper than ``forward`` on an expanded input: the input is read once and its gradient is one
+        matmul instead of n products summed.
+        """
+        n, in_dim, out_dim = self.weight.shape
+        out = torch.addmm(self.bias.reshape(n * out_dim), x, self.weight.transpose(0, 1).reshape(in_dim, n * out_dim))
+        return out.view(x.shape[0], n, out_dim).transpose(0, 1)
+
 
 class Critic(nn.Module):
     """Q_k(o_t, a_t, context_t) for k = 1..n_heads, computed together."""
@@ -80,8 +90,12 @@ class Critic(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         """The ensemble MLPs on (..., in) -> (..., n_heads, out)."""
         lead = x.shape[:-1]
-        x = x.reshape(1, -1, x.shape[-1]).expand(self.n_heads, -1, -1)
-        for layer in self.layers[:-1]:
+        first, *middle, last = self.layers
+        x = F.elu(first.forward_shared(x.reshape(-1, x.shape[-1])))
+        for layer in middle:
             x = F.elu(layer(x))
-        x = self.layers[-1](x)
+        if last.weight.shape[-1] == 1:  # one value per member: a dot product, cheaper than a (N, hidden) x (hidden, 1) bmm
+            x = (x * last.weight.transpose(1, 2)).sum(-1, keepdim=True) + last.bias
+        else:
+            x = last(x)
         return x.transpose(0, 1).reshape(*lead, self.n_heads, x.shape[-1])
