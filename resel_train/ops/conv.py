@@ -3,12 +3,16 @@
 A tap that reaches back past the latest reset (or into the initial window after a reset) is
 masked out, so two trajectories stacked in one row see exactly what each sees alone. The step
 form keeps the last ``kernel - 1`` inputs as explicit state and zeroes them at ``is_first``.
+float32 CPU tensors go through a compiled loop (``cpu_kernel``) when a C compiler is available;
+otherwise, and on GPUs, one shifted multiply-add per tap in tensor ops computes the same function.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from resel_train.ops import cpu_kernel
 
 
 def _segment_start(reset: Tensor | None, batch: int, length: int, kernel: int, device) -> Tensor:
@@ -31,6 +35,40 @@ def causal_conv1d(
 
     Returns y (b, d, L) and the window to carry into the next call (b, d, k-1).
     """
+    if not x.is_cuda and x.dtype == torch.float32 and cpu_kernel.load() is not None:
+        return _KernelConv.apply(x, weight, bias, reset, initial_state)
+    return _causal_conv1d_taps(x, weight, bias, reset, initial_state)
+
+
+class _KernelConv(torch.autograd.Function):
+    """The compiled CPU loop: one pass per (batch, channel) row, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, reset, initial_state):
+        x, weight = x.contiguous(), weight.contiguous()
+        reset = None if reset is None else reset.to(torch.bool).contiguous()
+        history = None if initial_state is None or initial_state.shape[-1] == 0 else initial_state.contiguous()
+        y, final = cpu_kernel.conv_forward(cpu_kernel.load(), x, weight, None if bias is None else bias.contiguous(),
+                                           reset, history)
+        ctx.has_bias, ctx.has_initial_state = bias is not None, initial_state is not None
+        ctx.save_for_backward(x, weight, reset, history)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_final):
+        x, weight, reset, history = ctx.saved_tensors
+        dfinal = None if grad_final is None or grad_final.shape[-1] == 0 else grad_final.contiguous()
+        dx, dweight, dbias, dhistory = cpu_kernel.conv_backward(cpu_kernel.load(), x, weight, ctx.has_bias, reset,
+                                                                history, grad_y.contiguous(), dfinal)
+        if ctx.has_initial_state and dhistory is None:  # a (b, d, 0) window: nothing flows back
+            dhistory = x.new_zeros(x.shape[0], x.shape[1], 0)
+        return dx, dweight, dbias, None, dhistory if ctx.has_initial_state else None
+
+
+def _causal_conv1d_taps(
+    x: Tensor, weight: Tensor, bias: Tensor | None, reset: Tensor | None, initial_state: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The tensor-op form of :func:`causal_conv1d` (GPUs, float64, no C compiler)."""
     batch, dim, length = x.shape
     kernel = weight.shape[-1]
     history = x.new_zeros(batch, dim, kernel - 1) if initial_state is None else initial_state

@@ -1,9 +1,11 @@
-"""The CPU selective-scan kernel (``cpu_scan.c``): built once with the system C compiler, called via ctypes.
+"""CPU kernels for the Mamba mixer (``cpu_ops.c``): built once with the system C compiler, called via ctypes.
 
-Why a kernel: a Mamba-1 scan has a separate decay per (channel, state) pair, so any tensor-op form
+Why kernels: a Mamba-1 scan has a separate decay per (channel, state) pair, so any tensor-op form
 materialises the (L, batch, d_state, d_inner) state history several times per call, and at the
 sizes RESeL trains on a CPU that memory traffic (and the dispatch of hundreds of small ops) costs
-5-10x the arithmetic. The kernel walks each (batch, channel) row once with its state in registers.
+5-10x the arithmetic. The scan kernel walks each (batch, channel) row once with its state in
+registers. The reset-aware causal conv is the same story at a smaller scale: a masked multiply-add
+per tap in tensor ops, one short loop per row here.
 
 The shared library is compiled on first use into ``$XDG_CACHE_HOME/resel/kernels`` (default
 ``~/.cache``), keyed by the source, the compiler and this CPU, and written atomically, so concurrent
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-_SOURCE = Path(__file__).with_name("cpu_scan.c")
+_SOURCE = Path(__file__).with_name("cpu_ops.c")
 _FLAG_SETS = (["-O3", "-march=native", "-fno-trapping-math", "-fopenmp-simd"], ["-O3", "-fno-trapping-math"], ["-O3"])
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
@@ -54,7 +56,7 @@ def _build(compiler: str) -> Path | None:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     for flags in _FLAG_SETS:
         key = hashlib.sha256(source + version.encode() + " ".join(flags).encode() + _cpu_identity().encode())
-        target = _cache_dir() / f"cpu_scan-{key.hexdigest()[:16]}.so"
+        target = _cache_dir() / f"cpu_ops-{key.hexdigest()[:16]}.so"
         if target.exists():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +95,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.resel_scan_forward.restype = None
     lib.resel_scan_backward.argtypes = [p] * 16 + [i] * 6
     lib.resel_scan_backward.restype = None
+    lib.resel_conv_forward.argtypes = [p] * 7 + [i] * 5
+    lib.resel_conv_forward.restype = None
+    lib.resel_conv_backward.argtypes = [p] * 10 + [i] * 5
+    lib.resel_conv_backward.restype = None
     return lib
 
 
@@ -151,3 +157,28 @@ def scan_backward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A: Tensor, A2: Tensor
 
     _run_split(part, ranges)
     return du, ddt, dA.sum(0), dB.sum(0), dC.sum(0), dh0
+
+
+def conv_forward(lib: ctypes.CDLL, x: Tensor, weight: Tensor, bias: Tensor | None, reset: Tensor | None,
+                 history: Tensor | None) -> tuple[Tensor, Tensor]:
+    """y (batch, dim, L) and the window to carry on (batch, dim, k-1); see ``ops.conv.causal_conv1d``."""
+    batch, dim, length = x.shape
+    kernel = weight.shape[1]
+    y = x.new_empty(batch, dim, length)
+    final = x.new_empty(batch, dim, kernel - 1)
+    lib.resel_conv_forward(_ptr(x), _ptr(weight), _ptr(bias), _ptr(reset), _ptr(history), _ptr(y), _ptr(final),
+                           dim, length, kernel, 0, batch * dim)
+    return y, final
+
+
+def conv_backward(lib: ctypes.CDLL, x: Tensor, weight: Tensor, has_bias: bool, reset: Tensor | None,
+                  history: Tensor | None, dy: Tensor, dfinal: Tensor | None) -> tuple[Tensor, ...]:
+    """Gradients (dx, dweight, dbias, dhistory) of the forward's (y, final) given (dy, dfinal)."""
+    dx = torch.empty_like(x)
+    dweight = torch.zeros_like(weight)
+    dbias = x.new_zeros(weight.shape[0]) if has_bias else None
+    dhistory = torch.empty_like(history) if history is not None else None
+    batch, dim, length = x.shape
+    lib.resel_conv_backward(_ptr(x), _ptr(weight), _ptr(reset), _ptr(history), _ptr(dy), _ptr(dfinal), _ptr(dx),
+                            _ptr(dweight), _ptr(dbias), _ptr(dhistory), dim, length, weight.shape[1], 0, batch * dim)
+    return dx, dweight, dbias, dhistory

@@ -9,7 +9,7 @@ share memory. One entry point, :func:`selective_scan`, with mamba-ssm's argument
 implementations:
 
 - ``"loop"``: a plain per-step loop with autograd. The reference for tests; float64-capable.
-- ``"cpu"``: the default off-GPU for float32: a small C kernel (``cpu_scan.c``, built on first
+- ``"cpu"``: the default off-GPU for float32: a small C kernel (``cpu_ops.c``, built on first
   use, see ``cpu_kernel``) that walks each (batch, channel) row once with its state in registers,
   forward and a recomputing backward.
 - ``"parallel"``: pure PyTorch, used off-GPU for float64 or when no C compiler is available.

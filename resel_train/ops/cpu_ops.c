@@ -1,16 +1,17 @@
-/* Reset-aware selective scan on the CPU: one pass per (batch, channel) row with the state in registers.
+/* CPU kernels of the Mamba mixer's two sequence ops, each reset-aware: the selective scan and the causal
+   depthwise conv. One pass per (batch, channel) row; called via ctypes from resel_train/ops/cpu_kernel.py,
+   which builds this file at first use with the system C compiler (no Python or torch headers needed).
+
+   Selective scan, with the state in registers:
 
    h_t = (reset_t ? 0 : exp(dt_t * A)) * h_{t-1} + dt_t * u_t * B_t,     y_t = C_t . h_t
 
    Layouts (all float32, contiguous): u, dt, y, du, ddt: (batch, d_inner, L); A, A2 (= A * log2 e), dA:
    (d_inner, d_state); B, C, dB, dC: (batch, L, d_state); h0, last, dlast, dh0: (batch, d_inner, d_state);
    reset: (batch, L) bytes. Optional inputs are NULL. Rows [row_begin, row_end) of batch * d_inner are
-   processed, so callers can split the rows over threads; dB and dC are summed over the channels of a
-   row range, so each thread needs its own. The backward recomputes the row's states (L * d_state floats
-   of scratch per call) rather than storing them in the forward.
-
-   Built at first use by resel_train/ops/cpu_kernel.py with the system C compiler; no Python or torch
-   headers are needed. */
+   processed, so callers can split the rows over threads; the backward sums dA over the batch and dB, dC
+   over the channels of a row range, so each thread needs its own. The backward recomputes the row's states (L * d_state floats
+   of scratch per call) rather than storing them in the forward. */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -120,4 +121,75 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
     }
     free(g);
     free(states);
+}
+
+/* Causal depthwise conv, y_t = bias + sum_j w_j x_{t-(k-1)+j} over the taps at or after the latest reset
+   at or before t (before any reset, the k-1 earlier inputs in hist count as times -(k-1)..-1).
+   x, y, dx, dy: (batch, dim, L); w, dw: (dim, k); bias, dbias: (dim); hist, dhist: (batch, dim, k-1);
+   final, dfinal: (batch, dim, k-1), the window carried to the next call (zero before the latest reset).
+   The backward accumulates dw and dbias over the batch, so row ranges on different threads need their own. */
+static inline float tap_value(const float *x_r, const float *hist_r, int64_t tt, int64_t k) {
+    return tt >= 0 ? x_r[tt] : (hist_r ? hist_r[tt + k - 1] : 0.0f);
+}
+
+void resel_conv_forward(const float *x, const float *w, const float *bias, const uint8_t *reset, const float *hist,
+                        float *y, float *final, int64_t dim, int64_t length, int64_t k,
+                        int64_t row_begin, int64_t row_end) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+        const int64_t b = row / dim, d = row % dim;
+        const float *x_r = x + row * length, *w_d = w + d * k, *hist_r = hist ? hist + row * (k - 1) : NULL;
+        const uint8_t *reset_b = reset ? reset + b * length : NULL;
+        float *y_r = y + row * length;
+        int64_t start = -k; /* time of the latest reset; -k: none, the history window counts */
+        for (int64_t t = 0; t < length; ++t) {
+            if (reset_b && reset_b[t]) start = t;
+            float acc = bias ? bias[d] : 0.0f;
+            for (int64_t j = 0; j < k; ++j) {
+                const int64_t tt = t - (k - 1) + j;
+                if (tt >= start) acc += w_d[j] * tap_value(x_r, hist_r, tt, k);
+            }
+            y_r[t] = acc;
+        }
+        for (int64_t i = 0; i < k - 1; ++i) {
+            const int64_t tt = length - (k - 1) + i;
+            final[row * (k - 1) + i] = tt >= start ? tap_value(x_r, hist_r, tt, k) : 0.0f;
+        }
+    }
+}
+
+void resel_conv_backward(const float *x, const float *w, const uint8_t *reset, const float *hist, const float *dy,
+                         const float *dfinal, float *dx, float *dw, float *dbias, float *dhist,
+                         int64_t dim, int64_t length, int64_t k, int64_t row_begin, int64_t row_end) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+        const int64_t b = row / dim, d = row % dim;
+        const float *x_r = x + row * length, *w_d = w + d * k, *dy_r = dy + row * length;
+        const float *hist_r = hist ? hist + row * (k - 1) : NULL;
+        const uint8_t *reset_b = reset ? reset + b * length : NULL;
+        float *dx_r = dx + row * length, *dw_d = dw + d * k, *dhist_r = dhist ? dhist + row * (k - 1) : NULL;
+        memset(dx_r, 0, sizeof(float) * length);
+        if (dhist_r) memset(dhist_r, 0, sizeof(float) * (k - 1));
+        int64_t start = -k;
+        float g_bias = 0.0f;
+        for (int64_t t = 0; t < length; ++t) {
+            if (reset_b && reset_b[t]) start = t;
+            const float g = dy_r[t];
+            g_bias += g;
+            for (int64_t j = 0; j < k; ++j) {
+                const int64_t tt = t - (k - 1) + j;
+                if (tt < start) continue;
+                dw_d[j] += g * tap_value(x_r, hist_r, tt, k);
+                if (tt >= 0) dx_r[tt] += g * w_d[j];
+                else if (dhist_r) dhist_r[tt + k - 1] += g * w_d[j];
+            }
+        }
+        if (dbias) dbias[d] += g_bias;
+        if (dfinal) {
+            for (int64_t i = 0; i < k - 1; ++i) {
+                const int64_t tt = length - (k - 1) + i;
+                if (tt < start) continue;
+                if (tt >= 0) dx_r[tt] += dfinal[row * (k - 1) + i];
+                else if (dhist_r) dhist_r[tt + k - 1] += dfinal[row * (k - 1) + i];
+            }
+        }
+    }
 }
