@@ -93,15 +93,15 @@ def gaussian_soft_value(critic: Critic, dist: tuple[Tensor, Tensor], obs: Tensor
                         noise: Tensor | None, head_pair: Tensor, alpha: Tensor) -> Tensor:
     """min over the head pair of Q(o, a') - alpha log pi(a'), a' a reparameterised tanh-Gaussian sample (..., 1)."""
     act, logp = sample_squashed(*dist, noise)
-    q = critic.q(obs, act, context)
-    return q.index_select(-1, head_pair).amin(-1, keepdim=True) - alpha * logp
+    q = critic.q(obs, act, context, heads=head_pair)  # only the pair's heads are computed
+    return q.amin(-1, keepdim=True) - alpha * logp
 
 
 def categorical_soft_value(critic: Critic, dist: tuple[Tensor, Tensor], obs: Tensor, context: Tensor,
                            noise: Tensor | None, head_pair: Tensor, alpha: Tensor) -> Tensor:
     """sum_a pi(a) (min over the head pair of Q(o, a) - alpha log pi(a)): the exact expectation (..., 1)."""
     log_probs = dist[1]
-    q = critic.q_all(obs, context).index_select(-2, head_pair).amin(-2)  # (..., n_actions)
+    q = critic.q_all(obs, context, heads=head_pair).amin(-2)  # (..., n_actions)
     return (log_probs.exp() * (q - alpha * log_probs)).sum(-1, keepdim=True)
 
 

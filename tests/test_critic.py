@@ -33,3 +33,13 @@ def test_heads_match_each_member_alone_with_gradients(discrete):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for g, w in zip(grads, want_grads):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_selected_heads_equal_those_columns_of_all_heads(discrete):
+    """The target computes only its random pair of heads: the same values as picking them from all heads."""
+    torch.manual_seed(1)
+    critic = Critic(obs_dim=3, act_dim=2, encoder="mlp", n_heads=6, embed=8, hidden=16, discrete=discrete).double()
+    x = torch.randn(4, 5, critic.layers[0].weight.shape[1], dtype=torch.float64)
+    pair = torch.tensor([4, 1])
+    torch.testing.assert_close(critic._heads(x, pair), critic._heads(x).index_select(-2, pair), rtol=1e-12, atol=1e-12)

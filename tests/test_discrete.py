@@ -53,7 +53,11 @@ def test_preset_holds_the_paper_model():
 def test_discrete_target_by_hand(monkeypatch, terminated):
     """y_t = r_t + gamma (1 - term) sum_a pi(a|t+1) (min_{k in pair} Q'_k(o_{t+1}, a) - alpha log pi(a|t+1))."""
     agent = tiny_discrete_agent(gamma=0.5)
-    monkeypatch.setattr(agent.critic_target, "q_all", lambda obs, ctx: q_table(obs[..., 0]))
+    def target_q_all(obs, ctx, heads=None):
+        table = q_table(obs[..., 0])
+        return table if heads is None else table.index_select(-2, heads)
+
+    monkeypatch.setattr(agent.critic_target, "q_all", target_q_all)
     rew = [1.0, 2.0, 3.0]
     batch = one_trajectory_batch(rew, terminated, [0, 2, 1])
     logits = torch.tensor([[0.3, -1.0, 2.0], [1.5, 0.0, -0.5], [0.0, 0.0, 0.0], [-2.0, 1.0, 0.5]])

@@ -35,8 +35,9 @@ def test_critic_target_by_hand(monkeypatch, terminated):
     log_prob = 0.25
     monkeypatch.setattr("resel_train.algo.sample_squashed",
                         lambda m, s, noise: (torch.zeros_like(m), torch.full_like(m, log_prob)))
-    heads = torch.arange(8, dtype=torch.float32) * 10.0  # head k: 10k + 2 * obs
-    monkeypatch.setattr(agent.critic_target, "q", lambda obs, act, ctx: heads + 2.0 * obs)
+    values = torch.arange(8, dtype=torch.float32) * 10.0  # head k: 10k + 2 * obs
+    monkeypatch.setattr(agent.critic_target, "q",
+                        lambda obs, act, ctx, heads=None: (values if heads is None else values[heads]) + 2.0 * obs)
     batch = one_trajectory_batch([1.0, 2.0, 3.0], terminated)
     noise = UpdateNoise(target=torch.zeros(*batch.reset.shape, 1), head_pair=torch.tensor([5, 3]))
     y = agent.critic_target_value(batch, noise)[0, :3, 0]

@@ -19,7 +19,7 @@ from resel_train.nets.inputs import HistoryEmbedding, xavier_init
 
 
 class EnsembleLinear(nn.Module):
-    """``n`` independent Linear layers applied as one batched matmul: (n, N, in) -> (n, N, out)."""
+    """``n`` independent Linear layers: weight (n, in, out), bias (n, 1, out); applied by :func:`ensemble_mlp`."""
 
     def __init__(self, n: int, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -28,18 +28,29 @@ class EnsembleLinear(nn.Module):
         bound = math.sqrt(6.0 / (in_dim + out_dim))  # Xavier-uniform per member
         nn.init.uniform_(self.weight, -bound, bound)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def members(self, index: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(weight, bias) of all members, or of those in ``index`` (a device tensor: no host sync)."""
+        if index is None:
+            return self.weight, self.bias
+        return self.weight.index_select(0, index), self.bias.index_select(0, index)
 
-    def forward_shared(self, x: Tensor) -> Tensor:
-        """Every member on the same input (N, in) -> (n, N, out): one matmul against the members side by side.
 
-        Cheaper than ``forward`` on an expanded input: the input is read once and its gradient is one
-        matmul instead of n products summed.
-        """
-        n, in_dim, out_dim = self.weight.shape
-        out = torch.addmm(self.bias.reshape(n * out_dim), x, self.weight.transpose(0, 1).reshape(in_dim, n * out_dim))
-        return out.view(x.shape[0], n, out_dim).transpose(0, 1)
+def ensemble_mlp(x: Tensor, layers: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """ELU MLPs of m members on one shared input: (N, in) -> (m, N, out), each layer's (weight, bias) stacked.
+
+    The first layer is one matmul against the members side by side (the input is read once and its
+    gradient is one matmul, instead of an expanded copy and m products summed); a one-value last
+    layer is a dot product, cheaper than m (N, hidden) x (hidden, 1) matmuls.
+    """
+    (w, b), *middle, (w_last, b_last) = layers
+    m, in_dim, out_dim = w.shape
+    h = torch.addmm(b.reshape(m * out_dim), x, w.transpose(0, 1).reshape(in_dim, m * out_dim))
+    h = F.elu(h.view(x.shape[0], m, out_dim).transpose(0, 1))
+    for w, b in middle:
+        h = F.elu(torch.baddbmm(b, h, w))
+    if w_last.shape[-1] == 1:
+        return (h * w_last.transpose(1, 2)).sum(-1, keepdim=True) + b_last
+    return torch.baddbmm(b_last, h, w_last)
 
 
 class Critic(nn.Module):
@@ -77,25 +88,19 @@ class Critic(nn.Module):
         """Context sequence (b, L, embed) for the whole packed batch."""
         return self.encoder(self.embedding(obs, prev_obs, prev_act, prev_rew), resets, state)[0]
 
-    def q(self, obs: Tensor, act: Tensor, context: Tensor) -> Tensor:
-        """Q values (..., n_heads) for any leading shape; discrete ``act`` is one-hot (or any weighting)."""
+    def q(self, obs: Tensor, act: Tensor, context: Tensor, heads: Tensor | None = None) -> Tensor:
+        """Q values (..., n_heads), or (..., len(heads)) for the heads in ``heads`` only; discrete ``act`` is
+        one-hot (or any weighting)."""
         if self.discrete:
-            return (self.q_all(obs, context) * act[..., None, :]).sum(-1)
-        return self._heads(torch.cat([self.head_obs(obs), self.head_act(act), context], dim=-1)).squeeze(-1)
+            return (self.q_all(obs, context, heads) * act[..., None, :]).sum(-1)
+        return self._heads(torch.cat([self.head_obs(obs), self.head_act(act), context], dim=-1), heads).squeeze(-1)
 
-    def q_all(self, obs: Tensor, context: Tensor) -> Tensor:
-        """Discrete tasks: Q of every action, (..., n_heads, n_actions)."""
-        return self._heads(torch.cat([self.head_obs(obs), context], dim=-1))
+    def q_all(self, obs: Tensor, context: Tensor, heads: Tensor | None = None) -> Tensor:
+        """Discrete tasks: Q of every action, (..., n_heads or len(heads), n_actions)."""
+        return self._heads(torch.cat([self.head_obs(obs), context], dim=-1), heads)
 
-    def _heads(self, x: Tensor) -> Tensor:
-        """The ensemble MLPs on (..., in) -> (..., n_heads, out)."""
+    def _heads(self, x: Tensor, heads: Tensor | None = None) -> Tensor:
+        """The ensemble MLPs (all, or the members in ``heads``) on (..., in) -> (..., members, out)."""
         lead = x.shape[:-1]
-        first, *middle, last = self.layers
-        x = F.elu(first.forward_shared(x.reshape(-1, x.shape[-1])))
-        for layer in middle:
-            x = F.elu(layer(x))
-        if last.weight.shape[-1] == 1:  # one value per member: a dot product, cheaper than a (N, hidden) x (hidden, 1) bmm
-            x = (x * last.weight.transpose(1, 2)).sum(-1, keepdim=True) + last.bias
-        else:
-            x = last(x)
-        return x.transpose(0, 1).reshape(*lead, self.n_heads, x.shape[-1])
+        out = ensemble_mlp(x.reshape(-1, x.shape[-1]), [layer.members(heads) for layer in self.layers])
+        return out.transpose(0, 1).reshape(*lead, out.shape[0], out.shape[-1])
