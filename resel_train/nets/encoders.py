@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from resel_train.nets.mamba import MambaBlock
 from resel_train.nets.s5 import S5Layer
 from resel_train.nets.segments import segment_layout
+from resel_train.ops import cpu_kernel
 
 State = tuple[Tensor, ...]
 ENCODER_KINDS = ("mamba", "gru", "lstm", "s5", "mlp")
@@ -113,9 +114,10 @@ class MambaEncoder(ContextEncoder):
 
 
 class GRUEncoder(ContextEncoder):
-    """The paper's GRU ablation. The sequence form runs ``nn.GRU`` (cuDNN on GPU, the fused CPU kernel
-    otherwise) once over the batch laid out one trajectory segment per row, since ``nn.GRU`` cannot
-    take resets; ``step`` applies the same maths to the same weights, one step at a time."""
+    """The paper's GRU ablation. On a GPU the sequence form runs ``nn.GRU`` (cuDNN) once over the batch
+    laid out one trajectory segment per row, since ``nn.GRU`` cannot take resets; on a CPU (float32)
+    a compiled reset-aware loop (``ops.cpu_kernel``) runs the same maths on the packed rows directly.
+    ``step`` applies the same maths to the same weights, one step at a time."""
 
     def __init__(self, in_dim: int, out_dim: int = 128, hidden: int = 256, input_layers: int = 1) -> None:
         super().__init__(in_dim, out_dim, hidden, input_layers)
@@ -135,6 +137,11 @@ class GRUEncoder(ContextEncoder):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _core(self, h_in, resets, state):
+        g = self.gru
+        if not h_in.is_cuda and h_in.dtype == torch.float32 and cpu_kernel.load() is not None:
+            y = _KernelGRU.apply(F.linear(h_in, g.weight_ih_l0, g.bias_ih_l0), g.weight_hh_l0, g.bias_hh_l0, resets,
+                                 state[0])
+            return y, (y[:, -1],)
         layout = segment_layout(resets)
         h0 = layout.initial(state[0], ~resets[:, 0].to(torch.bool))
         y, _ = self.gru(layout.pack(h_in), h0[None])
@@ -153,6 +160,24 @@ class GRUEncoder(ContextEncoder):
         n = torch.tanh(i_n + r * h_n)
         h = (1.0 - z) * n + z * h
         return h, (h,)
+
+
+class _KernelGRU(torch.autograd.Function):
+    """The GRU recurrence over precomputed input gates, reset-aware, as one compiled loop per batch row."""
+
+    @staticmethod
+    def forward(ctx, gi, w_hh, b_hh, resets, h0):
+        gi, w_hh, b_hh, h0 = gi.contiguous(), w_hh.contiguous(), b_hh.contiguous(), h0.contiguous()
+        reset = resets.to(torch.bool).contiguous()
+        y, gates = cpu_kernel.gru_forward(cpu_kernel.load(), gi, w_hh, b_hh, reset, h0)
+        ctx.save_for_backward(w_hh, reset, h0, y, gates)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        w_hh, reset, h0, y, gates = ctx.saved_tensors
+        dgi, dw_hh, db_hh, dh0 = cpu_kernel.gru_backward(cpu_kernel.load(), w_hh, reset, h0, y, gates, dy.contiguous())
+        return dgi, dw_hh, db_hh, None, dh0
 
 
 class LSTMEncoder(ContextEncoder):

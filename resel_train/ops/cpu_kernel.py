@@ -5,7 +5,9 @@ materialises the (L, batch, d_state, d_inner) state history several times per ca
 sizes RESeL trains on a CPU that memory traffic (and the dispatch of hundreds of small ops) costs
 5-10x the arithmetic. The scan kernel walks each (batch, channel) row once with its state in
 registers. The reset-aware causal conv is the same story at a smaller scale: a masked multiply-add
-per tap in tensor ops, one short loop per row here.
+per tap in tensor ops, one short loop per row here. The GRU has no fused reset-aware CPU path in
+torch (``nn.GRU`` runs ~10 ops per time step there, forward and backward); here it is one loop per
+batch row over the time steps.
 
 The shared library is compiled on first use into ``$XDG_CACHE_HOME/resel/kernels`` (default
 ``~/.cache``), keyed by the source, the compiler and this CPU, and written atomically, so concurrent
@@ -99,6 +101,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.resel_conv_forward.restype = None
     lib.resel_conv_backward.argtypes = [p] * 10 + [i] * 5
     lib.resel_conv_backward.restype = None
+    lib.resel_gru_forward.argtypes = [p] * 7 + [i] * 4
+    lib.resel_gru_forward.restype = None
+    lib.resel_gru_backward.argtypes = [p] * 10 + [i] * 4
+    lib.resel_gru_backward.restype = None
     return lib
 
 
@@ -106,9 +112,9 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _row_ranges(rows: int) -> list[tuple[int, int]]:
+def _row_ranges(rows: int, min_rows: int = 64) -> list[tuple[int, int]]:
     """Rows split over torch's intra-op threads (ctypes releases the GIL during each call)."""
-    parts = max(1, min(torch.get_num_threads(), rows // 64))
+    parts = max(1, min(torch.get_num_threads(), rows // min_rows))
     edges = [rows * k // parts for k in range(parts + 1)]
     return list(zip(edges[:-1], edges[1:]))
 
@@ -182,3 +188,39 @@ def conv_backward(lib: ctypes.CDLL, x: Tensor, weight: Tensor, has_bias: bool, r
     lib.resel_conv_backward(_ptr(x), _ptr(weight), _ptr(reset), _ptr(history), _ptr(dy), _ptr(dfinal), _ptr(dx),
                             _ptr(dweight), _ptr(dbias), _ptr(dhistory), dim, length, weight.shape[1], 0, batch * dim)
     return dx, dweight, dbias, dhistory
+
+
+def gru_forward(lib: ctypes.CDLL, gi: Tensor, w_hh: Tensor, b_hh: Tensor, reset: Tensor | None,
+                h0: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Outputs y (batch, L, H) and the saved gates (batch, L, 4H) of the GRU over gi = W_ih x + b_ih (batch, L, 3H)."""
+    batch, length, three_h = gi.shape
+    hidden = three_h // 3
+    w_t = w_hh.t().contiguous()
+    y = gi.new_empty(batch, length, hidden)
+    gates = gi.new_empty(batch, length, 4 * hidden)
+
+    def part(_k: int, begin: int, end: int) -> None:
+        lib.resel_gru_forward(_ptr(gi), _ptr(w_t), _ptr(b_hh), _ptr(reset), _ptr(h0), _ptr(y), _ptr(gates), length,
+                              hidden, begin, end)
+
+    _run_split(part, _row_ranges(batch, min_rows=1))
+    return y, gates
+
+
+def gru_backward(lib: ctypes.CDLL, w_hh: Tensor, reset: Tensor | None, h0: Tensor | None, y: Tensor, gates: Tensor,
+                 dy: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Gradients (dgi, dW_hh, db_hh, dh0) of the forward's y given dy."""
+    batch, length, hidden = y.shape
+    ranges = _row_ranges(batch, min_rows=1)
+    w_t = w_hh.t().contiguous()
+    dgi = y.new_empty(batch, length, 3 * hidden)
+    dw_t = y.new_zeros(len(ranges), hidden, 3 * hidden)  # per thread, summed after
+    db = y.new_zeros(len(ranges), 3 * hidden)
+    dh0 = torch.empty_like(h0) if h0 is not None else None
+
+    def part(k: int, begin: int, end: int) -> None:
+        lib.resel_gru_backward(_ptr(w_t), _ptr(reset), _ptr(h0), _ptr(y), _ptr(gates), _ptr(dy), _ptr(dgi),
+                               _ptr(dw_t[k]), _ptr(db[k]), _ptr(dh0), length, hidden, begin, end)
+
+    _run_split(part, ranges)
+    return dgi, dw_t.sum(0).t(), db.sum(0), dh0

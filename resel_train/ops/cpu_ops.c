@@ -1,5 +1,5 @@
-/* CPU kernels of the Mamba mixer's two sequence ops, each reset-aware: the selective scan and the causal
-   depthwise conv. One pass per (batch, channel) row; called via ctypes from resel_train/ops/cpu_kernel.py,
+/* CPU kernels of the encoders' sequence ops, each reset-aware: the Mamba mixer's selective scan and causal
+   depthwise conv, and the GRU recurrence. One pass per (batch, channel) row (per batch row for the GRU); called via ctypes from resel_train/ops/cpu_kernel.py,
    which builds this file at first use with the system C compiler (no Python or torch headers needed).
 
    Selective scan, with the state in registers:
@@ -17,10 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* 2^x for x <= 0 (decays): Cephes' exp2f polynomial on [-1/2, 1/2] and an exponent built from bits,
-   written so the compiler vectorises it (relative error < 2e-7; x below -126 returns 2^-126). */
-static inline float exp2_neg(float x) {
-    x = x < -126.0f ? -126.0f : x;
+/* 2^x, x clamped to [-126, 126]: Cephes' exp2f polynomial on [-1/2, 1/2] and an exponent built from bits,
+   written so the compiler vectorises it (relative error < 2e-7). */
+static inline float exp2_clamped(float x) {
+    x = x < -126.0f ? -126.0f : (x > 126.0f ? 126.0f : x);
     float i = __builtin_floorf(x + 0.5f);
     float f = x - i;
     float p = 1.535336188319500e-4f;
@@ -57,7 +57,7 @@ void resel_scan_forward(const float *u, const float *dt, const float *A2, const 
             float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
             for (int64_t n = 0; n < d_state; ++n) {
-                const float decay = keep * exp2_neg(delta * a2[n]);
+                const float decay = keep * exp2_clamped(delta * a2[n]);
                 h[n] = decay * h[n] + x * B_t[n];
                 acc += C_t[n] * h[n];
             }
@@ -91,7 +91,7 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
             const float *B_t = B_b + t * d_state, *prev = states + t * d_state;
             float *h = states + (t + 1) * d_state;
 #pragma omp simd
-            for (int64_t n = 0; n < d_state; ++n) h[n] = keep * exp2_neg(delta * a2[n]) * prev[n] + x * B_t[n];
+            for (int64_t n = 0; n < d_state; ++n) h[n] = keep * exp2_clamped(delta * a2[n]) * prev[n] + x * B_t[n];
         }
         if (dlast) memcpy(g, dlast + row * d_state, sizeof(float) * d_state);
         else memset(g, 0, sizeof(float) * d_state);
@@ -105,7 +105,7 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
 #pragma omp simd reduction(+ : g_x, g_delta)
             for (int64_t n = 0; n < d_state; ++n) {
                 const float gn = g[n] + gy * C_t[n];
-                const float decay = keep * exp2_neg(delta * a2[n]);
+                const float decay = keep * exp2_clamped(delta * a2[n]);
                 const float g_log_decay = gn * prev[n] * decay; /* grad w.r.t. dt_t * A[n] */
                 dC_t[n] += gy * h[n];
                 dB_t[n] += gn * x;
@@ -192,4 +192,99 @@ void resel_conv_backward(const float *x, const float *w, const uint8_t *reset, c
             }
         }
     }
+}
+
+static inline float sigmoid(float x) { return 1.0f / (1.0f + exp2_clamped(-1.4426950408889634f * x)); }
+
+/* GRU recurrence (PyTorch's gate order r, z, n), h_{t-1} = 0 at a reset:
+     gh = W_hh h_{t-1} + b_hh;  r = sig(gi_r + gh_r);  z = sig(gi_z + gh_z);  n = tanh(gi_n + r gh_n)
+     h_t = (1 - z) n + z h_{t-1}
+   gi = W_ih x_t + b_ih is computed outside (one matmul over the whole sequence). Layouts: gi, dgi:
+   (batch, L, 3H); w_t, dw_t: W_hh transposed, (H, 3H); b_hh, db_hh: (3H); h0, dh0: (batch, H);
+   y, dy: (batch, L, H); gates: (batch, L, 4H) = (r, z, n, gh_n), saved for the backward.
+   The backward accumulates dw_t and db_hh over its rows (one copy per thread). */
+void resel_gru_forward(const float *gi, const float *w_t, const float *b_hh, const uint8_t *reset, const float *h0,
+                       float *y, float *gates, int64_t length, int64_t H, int64_t row_begin, int64_t row_end) {
+    float *gh = malloc(sizeof(float) * 3 * H);
+    for (int64_t b = row_begin; b < row_end; ++b) {
+        const float *h_prev = h0 ? h0 + b * H : NULL;
+        for (int64_t t = 0; t < length; ++t) {
+            if (reset && reset[b * length + t]) h_prev = NULL;
+            memcpy(gh, b_hh, sizeof(float) * 3 * H);
+            if (h_prev) {
+                for (int64_t k = 0; k < H; ++k) {
+                    const float hk = h_prev[k], *w_k = w_t + k * 3 * H;
+#pragma omp simd
+                    for (int64_t i = 0; i < 3 * H; ++i) gh[i] += hk * w_k[i];
+                }
+            }
+            const float *gi_t = gi + (b * length + t) * 3 * H;
+            float *y_t = y + (b * length + t) * H, *g_t = gates + (b * length + t) * 4 * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+                const float r = sigmoid(gi_t[j] + gh[j]);
+                const float z = sigmoid(gi_t[H + j] + gh[H + j]);
+                const float n = 2.0f * sigmoid(2.0f * (gi_t[2 * H + j] + r * gh[2 * H + j])) - 1.0f; /* tanh */
+                const float hp = h_prev ? h_prev[j] : 0.0f;
+                y_t[j] = (1.0f - z) * n + z * hp;
+                g_t[j] = r;
+                g_t[H + j] = z;
+                g_t[2 * H + j] = n;
+                g_t[3 * H + j] = gh[2 * H + j];
+            }
+            h_prev = y_t;
+        }
+    }
+    free(gh);
+}
+
+void resel_gru_backward(const float *w_t, const uint8_t *reset, const float *h0, const float *y, const float *gates,
+                        const float *dy, float *dgi, float *dw_t, float *db_hh, float *dh0,
+                        int64_t length, int64_t H, int64_t row_begin, int64_t row_end) {
+    float *dgh = malloc(sizeof(float) * 3 * H), *carry = malloc(sizeof(float) * H);
+    for (int64_t b = row_begin; b < row_end; ++b) {
+        memset(carry, 0, sizeof(float) * H);
+        for (int64_t t = length - 1; t >= 0; --t) {
+            const int at_reset = reset && reset[b * length + t];
+            const float *h_prev = at_reset ? NULL : (t > 0 ? y + (b * length + t - 1) * H : (h0 ? h0 + b * H : NULL));
+            const float *g_t = gates + (b * length + t) * 4 * H, *dy_t = dy + (b * length + t) * H;
+            float *dgi_t = dgi + (b * length + t) * 3 * H;
+#pragma omp simd
+            for (int64_t j = 0; j < H; ++j) {
+                const float g = dy_t[j] + carry[j];
+                const float r = g_t[j], z = g_t[H + j], n = g_t[2 * H + j], ghn = g_t[3 * H + j];
+                const float hp = h_prev ? h_prev[j] : 0.0f;
+                const float dn_pre = g * (1.0f - z) * (1.0f - n * n);
+                const float dr_pre = dn_pre * ghn * r * (1.0f - r);
+                const float dz_pre = g * (hp - n) * z * (1.0f - z);
+                dgi_t[j] = dr_pre;
+                dgi_t[H + j] = dz_pre;
+                dgi_t[2 * H + j] = dn_pre;
+                dgh[j] = dr_pre;
+                dgh[H + j] = dz_pre;
+                dgh[2 * H + j] = dn_pre * r;
+                carry[j] = g * z; /* through h_t = ... + z h_{t-1}; the W_hh path is added below */
+            }
+#pragma omp simd
+            for (int64_t i = 0; i < 3 * H; ++i) db_hh[i] += dgh[i];
+            if (!h_prev) { /* h_{t-1} is the zero reset state (or no initial state): nothing flows further */
+                memset(carry, 0, sizeof(float) * H);
+                continue;
+            }
+            for (int64_t k = 0; k < H; ++k) {
+                const float hk = h_prev[k], *w_k = w_t + k * 3 * H;
+                float *dw_k = dw_t + k * 3 * H;
+                float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                for (int64_t i = 0; i < 3 * H; ++i) {
+                    dw_k[i] += hk * dgh[i];
+                    acc += w_k[i] * dgh[i];
+                }
+                carry[k] += acc;
+            }
+        }
+        if (dh0) memcpy(dh0 + b * H, carry, sizeof(float) * H);
+    }
+    free(carry);
+    free(dgh);
 }
