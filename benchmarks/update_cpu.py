@@ -12,6 +12,10 @@ stable-baselines3``); without it the SB3 rows are skipped.
     python benchmarks/update_cpu.py --presets cpu classic --throughput-steps 0
     PYTHONPATH=/path/to/old python benchmarks/update_cpu.py --no-sb3 --out old.json   # A/B another checkout
 
+"x floor" prices the update's matrix-product FLOPs (``torch.utils.flop_counter``, forward and
+backward) at this machine's one-thread rate for a 1024^3 float32 matmul: a lower bound, since the
+element-wise work (the scan, norms, activations, the optimiser) is not in it.
+
 Prints a table, writes JSON (``--out``).
 """
 
@@ -36,6 +40,26 @@ def _aten_calls(fn, reps: int) -> float:
         for _ in range(reps):
             fn()
     return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) / reps
+
+
+def _matmul_flops(fn) -> int:
+    """FLOPs of the matrix products (mm, bmm, addmm, conv, ...) one call of ``fn`` runs, forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _gemm_rate() -> float:
+    """FLOP/s of a large float32 matrix product on one thread: the rate a matmul-bound floor is priced at."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024**3 / best
 
 
 def _cpu_ms(fn, reps: int) -> float:
@@ -135,10 +159,13 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, (case, reps) in cases.items():
             times[name].append(_cpu_ms(case.step, reps))
+    rate = _gemm_rate()
     rows = []
-    for name, (case, reps) in cases.items():
+    for name, (case, _reps) in cases.items():
+        flops = _matmul_flops(case.step)
         rows.append({"case": name, "cpu_ms_per_update": statistics.median(times[name]),
-                     "cpu_ms_all_rounds": times[name], "aten_calls_per_update": _aten_calls(case.step, 3)})
+                     "cpu_ms_all_rounds": times[name], "aten_calls_per_update": _aten_calls(case.step, 3),
+                     "matmul_gflop_per_update": flops / 1e9, "matmul_floor_ms": flops / rate * 1e3})
     if args.throughput_steps:
         for row in rows:
             preset, encoder = row["case"].split("/")
@@ -148,14 +175,18 @@ def main() -> None:
             elif preset == "sb3":
                 row["env_steps_per_s"] = sb3_env_steps_per_s(args.throughput_steps)
     sb3_ms = next((r["cpu_ms_per_update"] for r in rows if r["case"] == "sb3/sac"), None)
-    print(f"{'case':14s} {'cpu ms/update':>13s} {'x SB3':>6s} {'aten calls':>10s} {'env steps/s':>11s}")
+    print(f"matmul rate (1 thread, 1024^3 float32): {rate / 1e9:.0f} GFLOP/s")
+    print(f"{'case':14s} {'cpu ms/update':>13s} {'x SB3':>6s} {'aten calls':>10s} {'env steps/s':>11s} "
+          f"{'matmul GFLOP':>12s} {'x floor':>7s}")
     for r in rows:
         ratio = f"{r['cpu_ms_per_update'] / sb3_ms:6.2f}" if sb3_ms else "     -"
         steps_s = f"{r['env_steps_per_s']:11.1f}" if "env_steps_per_s" in r else "          -"
-        print(f"{r['case']:14s} {r['cpu_ms_per_update']:13.1f} {ratio} {r['aten_calls_per_update']:10.0f} {steps_s}")
+        print(f"{r['case']:14s} {r['cpu_ms_per_update']:13.1f} {ratio} {r['aten_calls_per_update']:10.0f} {steps_s} "
+              f"{r['matmul_gflop_per_update']:12.3f} {r['cpu_ms_per_update'] / r['matmul_floor_ms']:7.2f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
-        "torch": torch.__version__, "threads": 1, "rounds": args.rounds, "updates_per_round": args.updates,
+        "torch": torch.__version__, "threads": 1, "matmul_gflops_per_s": rate / 1e9,
+        "rounds": args.rounds, "updates_per_round": args.updates,
         "loadavg_1min": [load_before, os.getloadavg()[0]], "rows": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
