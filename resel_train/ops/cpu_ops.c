@@ -127,71 +127,102 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
    at or before t (before any reset, the k-1 earlier inputs in hist count as times -(k-1)..-1).
    x, y, dx, dy: (batch, dim, L); w, dw: (dim, k); bias, dbias: (dim); hist, dhist: (batch, dim, k-1);
    final, dfinal: (batch, dim, k-1), the window carried to the next call (zero before the latest reset).
-   The backward accumulates dw and dbias over the batch, so row ranges on different threads need their own. */
-static inline float tap_value(const float *x_r, const float *hist_r, int64_t tt, int64_t k) {
-    return tt >= 0 ? x_r[tt] : (hist_r ? hist_r[tt + k - 1] : 0.0f);
+   Each row runs the unmasked conv over p = [hist, x] (vectorised), then takes the taps that reach past a
+   reset back out: only the k-1 steps after each reset have any. The backward accumulates dw and dbias over
+   the batch, so row ranges on different threads need their own. */
+
+/* The latest reset at or before each step (-k: none), into start[0..L); returns whether any step has a
+   tap that reaches before its reset. */
+static int latest_resets(const uint8_t *reset_b, int64_t length, int64_t k, int64_t *start) {
+    int64_t s = -k;
+    int any = 0;
+    for (int64_t t = 0; t < length; ++t) {
+        if (reset_b && reset_b[t]) s = t;
+        start[t] = s;
+        any |= t - (k - 1) < s;
+    }
+    return any;
+}
+
+static void padded_row(const float *x_r, const float *hist_r, int64_t length, int64_t k, float *p) {
+    if (hist_r) memcpy(p, hist_r, sizeof(float) * (k - 1));
+    else memset(p, 0, sizeof(float) * (k - 1));
+    memcpy(p + k - 1, x_r, sizeof(float) * length);
 }
 
 void resel_conv_forward(const float *x, const float *w, const float *bias, const uint8_t *reset, const float *hist,
                         float *y, float *final, int64_t dim, int64_t length, int64_t k,
                         int64_t row_begin, int64_t row_end) {
+    float *p = malloc(sizeof(float) * (length + k - 1));
+    int64_t *start = malloc(sizeof(int64_t) * length);
     for (int64_t row = row_begin; row < row_end; ++row) {
         const int64_t b = row / dim, d = row % dim;
-        const float *x_r = x + row * length, *w_d = w + d * k, *hist_r = hist ? hist + row * (k - 1) : NULL;
-        const uint8_t *reset_b = reset ? reset + b * length : NULL;
+        const float *w_d = w + d * k;
         float *y_r = y + row * length;
-        int64_t start = -k; /* time of the latest reset; -k: none, the history window counts */
-        for (int64_t t = 0; t < length; ++t) {
-            if (reset_b && reset_b[t]) start = t;
-            float acc = bias ? bias[d] : 0.0f;
-            for (int64_t j = 0; j < k; ++j) {
-                const int64_t tt = t - (k - 1) + j;
-                if (tt >= start) acc += w_d[j] * tap_value(x_r, hist_r, tt, k);
-            }
-            y_r[t] = acc;
+        padded_row(x + row * length, hist ? hist + row * (k - 1) : NULL, length, k, p); /* p[t + j]: tap j of t */
+        const int masked = latest_resets(reset ? reset + b * length : NULL, length, k, start);
+        const float b_d = bias ? bias[d] : 0.0f;
+        for (int64_t t = 0; t < length; ++t) y_r[t] = b_d;
+        for (int64_t j = 0; j < k; ++j) {
+            const float wj = w_d[j], *p_j = p + j;
+#pragma omp simd
+            for (int64_t t = 0; t < length; ++t) y_r[t] += wj * p_j[t];
         }
+        for (int64_t t = 0; masked && t < length; ++t)
+            for (int64_t j = 0; t - (k - 1) + j < start[t]; ++j) y_r[t] -= w_d[j] * p[t + j];
+        const int64_t last = length > 0 ? start[length - 1] : -k;
         for (int64_t i = 0; i < k - 1; ++i) {
             const int64_t tt = length - (k - 1) + i;
-            final[row * (k - 1) + i] = tt >= start ? tap_value(x_r, hist_r, tt, k) : 0.0f;
+            final[row * (k - 1) + i] = tt >= last ? p[tt + k - 1] : 0.0f;
         }
     }
+    free(start);
+    free(p);
 }
 
 void resel_conv_backward(const float *x, const float *w, const uint8_t *reset, const float *hist, const float *dy,
                          const float *dfinal, float *dx, float *dw, float *dbias, float *dhist,
                          int64_t dim, int64_t length, int64_t k, int64_t row_begin, int64_t row_end) {
+    float *p = malloc(sizeof(float) * (length + k - 1)), *dp = malloc(sizeof(float) * (length + k - 1));
+    int64_t *start = malloc(sizeof(int64_t) * length);
     for (int64_t row = row_begin; row < row_end; ++row) {
         const int64_t b = row / dim, d = row % dim;
-        const float *x_r = x + row * length, *w_d = w + d * k, *dy_r = dy + row * length;
-        const float *hist_r = hist ? hist + row * (k - 1) : NULL;
-        const uint8_t *reset_b = reset ? reset + b * length : NULL;
-        float *dx_r = dx + row * length, *dw_d = dw + d * k, *dhist_r = dhist ? dhist + row * (k - 1) : NULL;
-        memset(dx_r, 0, sizeof(float) * length);
-        if (dhist_r) memset(dhist_r, 0, sizeof(float) * (k - 1));
-        int64_t start = -k;
+        const float *w_d = w + d * k, *dy_r = dy + row * length;
+        float *dw_d = dw + d * k;
+        padded_row(x + row * length, hist ? hist + row * (k - 1) : NULL, length, k, p);
+        const int masked = latest_resets(reset ? reset + b * length : NULL, length, k, start);
+        memset(dp, 0, sizeof(float) * (length + k - 1));
         float g_bias = 0.0f;
-        for (int64_t t = 0; t < length; ++t) {
-            if (reset_b && reset_b[t]) start = t;
-            const float g = dy_r[t];
-            g_bias += g;
-            for (int64_t j = 0; j < k; ++j) {
-                const int64_t tt = t - (k - 1) + j;
-                if (tt < start) continue;
-                dw_d[j] += g * tap_value(x_r, hist_r, tt, k);
-                if (tt >= 0) dx_r[tt] += g * w_d[j];
-                else if (dhist_r) dhist_r[tt + k - 1] += g * w_d[j];
+#pragma omp simd reduction(+ : g_bias)
+        for (int64_t t = 0; t < length; ++t) g_bias += dy_r[t];
+        for (int64_t j = 0; j < k; ++j) {
+            const float wj = w_d[j], *p_j = p + j;
+            float *dp_j = dp + j, acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+            for (int64_t t = 0; t < length; ++t) {
+                dp_j[t] += wj * dy_r[t];
+                acc += dy_r[t] * p_j[t];
             }
+            dw_d[j] += acc;
+        }
+        for (int64_t t = 0; masked && t < length; ++t) {
+            for (int64_t j = 0; t - (k - 1) + j < start[t]; ++j) {
+                dp[t + j] -= w_d[j] * dy_r[t];
+                dw_d[j] -= dy_r[t] * p[t + j];
+            }
+        }
+        if (dfinal) {
+            const int64_t last = length > 0 ? start[length - 1] : -k;
+            for (int64_t i = 0; i < k - 1; ++i)
+                if (length - (k - 1) + i >= last) dp[length + i] += dfinal[row * (k - 1) + i];
         }
         if (dbias) dbias[d] += g_bias;
-        if (dfinal) {
-            for (int64_t i = 0; i < k - 1; ++i) {
-                const int64_t tt = length - (k - 1) + i;
-                if (tt < start) continue;
-                if (tt >= 0) dx_r[tt] += dfinal[row * (k - 1) + i];
-                else if (dhist_r) dhist_r[tt + k - 1] += dfinal[row * (k - 1) + i];
-            }
-        }
+        memcpy(dx + row * length, dp + k - 1, sizeof(float) * length);
+        if (dhist) memcpy(dhist + row * (k - 1), dp, sizeof(float) * (k - 1));
     }
+    free(start);
+    free(dp);
+    free(p);
 }
 
 static inline float sigmoid(float x) { return 1.0f / (1.0f + exp2_clamped(-1.4426950408889634f * x)); }
