@@ -210,20 +210,26 @@ needs_kernel = pytest.mark.skipif(cpu_kernel.load() is None, reason="no C compil
 
 
 @needs_kernel
-@pytest.mark.parametrize("length", [1, 7, 37, 203])
-@pytest.mark.parametrize("d_state", [6, 16, 17])  # below, at and past one vector of lanes
-@pytest.mark.parametrize("row_split", [None, [(0, 4), (4, 9), (9, 15)]])  # one call, or rows over three threads
-def test_cpu_kernel_matches_loop_float32(monkeypatch, length, d_state, row_split):
-    """The compiled kernel in float32 vs the float64 loop within 1e-5: y, last state and every gradient."""
-    if row_split:
-        monkeypatch.setattr(cpu_kernel, "_row_ranges", lambda rows: row_split)
-    inputs, reset = make_inputs(3, 5, d_state, length=length)
+@pytest.mark.parametrize("length", [1, 7, 64, 203])  # around and past the backward's 64-step recompute window
+@pytest.mark.parametrize("d_state", [6, 16, 17])
+@pytest.mark.parametrize("split", [False, True])  # one call, or the work split over three threads
+def test_cpu_kernel_matches_loop_float32(monkeypatch, length, d_state, split):
+    """The compiled kernel in float32 vs the float64 loop within 1e-5: y, last state and every gradient.
+
+    37 channels: two full 16-channel blocks and a partial one per batch row (3 rows: 9 blocks)."""
+    if split:  # uneven parts: the forward's 9 blocks as 2 / 5 / 2, the backward's 111 rows as 27 / 69 / 15
+        parts = lambda n, **kw: [(0, n // 4), (n // 4, n - n // 7), (n - n // 7, n)]  # noqa: E731
+        monkeypatch.setattr(cpu_kernel, "_row_ranges", parts)
+    inputs, reset = make_inputs(3, 37, d_state, length=length)
     y_ref, last_ref, g_ref = run("loop", inputs, reset)
     y, last, g = run("cpu", {k: v.float() for k, v in inputs.items()}, reset)
     torch.testing.assert_close(y, y_ref.float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(last, last_ref.float(), rtol=1e-5, atol=1e-5)
     for name in g_ref:
-        torch.testing.assert_close(g[name], g_ref[name].float(), rtol=1e-5, atol=1e-5, msg=f"grad {name}")
+        # A, D and delta_bias gradients are sums over batch and time (600 float32 terms at L = 203): their
+        # rounding scales with the tensor's size, so they are held to 1e-5 of its largest entry
+        atol = 1e-5 * max(1.0, g_ref[name].abs().max().item()) if name in ("A", "D", "delta_bias") else 1e-5
+        torch.testing.assert_close(g[name], g_ref[name].float(), rtol=1e-5, atol=atol, msg=f"grad {name}")
 
 
 @needs_kernel

@@ -4,10 +4,10 @@ Why kernels: a Mamba-1 scan has a separate decay per (channel, state) pair, so a
 materialises the (L, batch, d_state, d_inner) state history several times per call, and at the
 sizes RESeL trains on a CPU that memory traffic (and the dispatch of hundreds of small ops) costs
 5-10x the arithmetic. The scan kernel walks each (batch, channel) row once with its state in
-registers. The reset-aware causal conv is the same story at a smaller scale: a masked multiply-add
-per tap in tensor ops, one short loop per row here. The GRU has no fused reset-aware CPU path in
-torch (``nn.GRU`` runs ~10 ops per time step there, forward and backward); here it is one loop per
-batch row over the time steps.
+registers (the forward 16 channels at a time). The reset-aware causal conv is the same story at a
+smaller scale: a masked multiply-add per tap in tensor ops, one short loop per row here. The GRU
+has no fused reset-aware CPU path in torch (``nn.GRU`` runs ~10 ops per time step there, forward
+and backward); here it is one loop per batch row over the time steps.
 
 The shared library is compiled on first use into ``$XDG_CACHE_HOME/resel/kernels`` (default
 ``~/.cache``), keyed by the source, the compiler and this CPU, and written atomically, so concurrent
@@ -35,6 +35,7 @@ from torch import Tensor
 _SOURCE = Path(__file__).with_name("cpu_ops.c")
 _FLAG_SETS = (["-O3", "-march=native", "-fno-trapping-math", "-fopenmp-simd"], ["-O3", "-fno-trapping-math"], ["-O3"])
 _LOCK = threading.Lock()
+LANES = 16  # channels per block of the scan kernel's forward (``LANES`` in cpu_ops.c)
 _STATE: dict[str, object] = {}
 
 
@@ -112,7 +113,7 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _row_ranges(rows: int, min_rows: int = 64) -> list[tuple[int, int]]:
+def _row_ranges(rows: int, min_rows: int = 4) -> list[tuple[int, int]]:
     """Rows split over torch's intra-op threads (ctypes releases the GIL during each call)."""
     parts = max(1, min(torch.get_num_threads(), rows // min_rows))
     edges = [rows * k // parts for k in range(parts + 1)]
@@ -132,6 +133,7 @@ def scan_forward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A2: Tensor, B_l: Tenso
     """y (batch, d_inner, L) and the last state (batch, d_inner, d_state); B_l, C_l are (batch, L, d_state)."""
     batch, d_inner, length = u.shape
     d_state = A2.shape[1]
+    blocks = batch * -(-d_inner // LANES)
     y = u.new_empty(batch, d_inner, length)
     last = u.new_empty(batch, d_inner, d_state)
 
@@ -139,7 +141,7 @@ def scan_forward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A2: Tensor, B_l: Tenso
         lib.resel_scan_forward(_ptr(u), _ptr(dt), _ptr(A2), _ptr(B_l), _ptr(C_l), _ptr(reset), _ptr(h0), _ptr(y),
                                _ptr(last), batch, d_inner, length, d_state, begin, end)
 
-    _run_split(part, _row_ranges(batch * d_inner))
+    _run_split(part, _row_ranges(blocks))
     return y, last
 
 
@@ -148,7 +150,7 @@ def scan_backward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A: Tensor, A2: Tensor
     """Gradients (du, ddt, dA, dB_l, dC_l, dh0) of the forward's (y, last) given (dy, dlast)."""
     batch, d_inner, length = u.shape
     d_state = A.shape[1]
-    ranges = _row_ranges(batch * d_inner)
+    ranges = _row_ranges(batch * d_inner, min_rows=64)
     du, ddt = torch.empty_like(u), torch.empty_like(u)
     dh0 = torch.empty_like(h0) if h0 is not None else None
     # per thread: dA sums over the batch, dB and dC over the channels, so thread parts are summed after
