@@ -3,13 +3,15 @@
 For "2000 transitions at L" (batch = ceil(2000 / L) rows of length L; at L=4096 one row of 4096) it
 times, forward + backward, with a reset at the start of every row and at a few random positions:
 
-- ``scan/parallel``  the reset-aware selective scan alone, chunked path (``impl="parallel"``), called
+- ``scan/cpu``       the reset-aware selective scan alone, compiled CPU kernel (``impl="cpu"``), called
   exactly as ``Mamba.forward`` calls it (D, z gate, dt bias + softplus, resets, last state);
+- ``scan/parallel``  the same call on the pure-PyTorch chunked path (``impl="parallel"``);
 - ``scan/loop``      the same call on the autograd reference loop (``impl="loop"``);
-- ``mamba/parallel`` and ``mamba/loop``: the paper-size encoder ``make_encoder("mamba", 384, 128, 256)``
-  (d_state 64, d_conv 8, expand 2 -> d_inner 512, dt_rank 16) on either scan;
-- ``gru`` and ``mlp``: ``make_encoder("gru" / "mlp", 384)`` (the GRU: one ``nn.GRU`` call over the batch
-  laid out one trajectory segment per row);
+- ``mamba/cpu``, ``mamba/parallel`` and ``mamba/loop``: the paper-size encoder ``make_encoder("mamba", 384,
+  128, 256)`` (d_state 64, d_conv 8, expand 2 -> d_inner 512, dt_rank 16) on each scan;
+- ``gru`` and ``mlp``: ``make_encoder("gru" / "mlp", 384)`` (the GRU on a CPU: the compiled reset-aware
+  loop when a C compiler is present, else one ``nn.GRU`` call over the batch laid out one trajectory
+  segment per row);
 - ``lstm``: ``make_encoder("lstm", 384)`` (one ``nn.LSTM`` call over the same layout, segments packed by
   length);
 - ``s5/parallel`` and ``s5/loop``: ``make_encoder("s5", 384)``, one resettable S5 layer with 64 complex
@@ -296,7 +298,8 @@ def repetitions(name: str, length: int, quick: bool) -> tuple[int, int]:
     return (3, 1) if quick else (7, 1)
 
 
-CASES = ("scan/parallel", "scan/loop", "mamba/parallel", "mamba/loop", "gru", "lstm", "s5/parallel", "s5/loop", "mlp")
+CASES = ("scan/cpu", "scan/parallel", "scan/loop", "mamba/cpu", "mamba/parallel", "mamba/loop", "gru", "lstm",
+         "s5/parallel", "s5/loop", "mlp")
 
 
 def build(name: str, batch: int, length: int, traj_len: int | None = None):
