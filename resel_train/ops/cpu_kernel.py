@@ -121,11 +121,18 @@ def _row_ranges(rows: int, min_rows: int = 4) -> list[tuple[int, int]]:
 
 
 def _run_split(fn, ranges: list[tuple[int, int]]) -> None:
+    """``fn(k, begin, end)`` for every range, the first on this thread and the rest on a shared pool."""
     if len(ranges) == 1:
         fn(0, *ranges[0])
         return
-    with ThreadPoolExecutor(len(ranges)) as pool:
-        list(pool.map(lambda k: fn(k, *ranges[k]), range(len(ranges))))
+    with _LOCK:
+        pool = _STATE.get("pool")
+        if pool is None or pool._max_workers < len(ranges) - 1:  # grows with torch's thread count
+            pool = _STATE["pool"] = ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="resel-kernel")
+    others = [pool.submit(fn, k, *ranges[k]) for k in range(1, len(ranges))]
+    fn(0, *ranges[0])
+    for job in others:
+        job.result()
 
 
 def scan_forward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A2: Tensor, B_l: Tensor, C_l: Tensor,
