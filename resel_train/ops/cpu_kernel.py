@@ -13,7 +13,8 @@ The shared library is compiled on first use into ``$XDG_CACHE_HOME/resel/kernels
 ``~/.cache``), keyed by the source, the compiler and this CPU, and written atomically, so concurrent
 first uses never see a partial file. No Python or torch headers are involved: a build takes well
 under a second. Without a working C compiler (or with ``RESEL_CPU_KERNEL=0``) :func:`load` returns
-None and the scan falls back to its pure-PyTorch implementation, which computes the same function.
+None, with a one-time warning saying why, and the ops fall back to their PyTorch implementations,
+which compute the same functions.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -78,18 +80,35 @@ def _build(compiler: str) -> Path | None:
 
 
 def load() -> ctypes.CDLL | None:
-    """The compiled kernel, building it on first call; None when it cannot be built or is disabled."""
+    """The compiled kernels, building them on first call; None when disabled or when they cannot be built
+    (then once a warning says why: the PyTorch path computes the same, only slower)."""
     with _LOCK:
         if "lib" not in _STATE:
-            _STATE["lib"] = None
-            compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-            if os.environ.get("RESEL_CPU_KERNEL", "1") != "0" and compiler:
-                try:
-                    path = _build(compiler)
-                    _STATE["lib"] = None if path is None else _bind(ctypes.CDLL(str(path)))
-                except (OSError, subprocess.SubprocessError):
-                    _STATE["lib"] = None
+            _STATE["lib"], problem = _try_load()
+            if problem:
+                warnings.warn(f"resel: {problem}; the CPU sequence ops run on the slower PyTorch path instead "
+                              "(same results; set RESEL_CPU_KERNEL=0 to skip the kernels and this message)",
+                              RuntimeWarning, stacklevel=2)
         return _STATE["lib"]  # type: ignore[return-value]
+
+
+def _try_load() -> tuple[ctypes.CDLL | None, str | None]:
+    """(library, None), or (None, what went wrong); (None, None) when switched off by RESEL_CPU_KERNEL=0."""
+    if os.environ.get("RESEL_CPU_KERNEL", "1") == "0":
+        return None, None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        return None, "no C compiler (cc, gcc or clang) was found to build the CPU kernels (install one)"
+    try:
+        path = _build(compiler)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"building the CPU kernels with {compiler} failed ({exc})"
+    if path is None:
+        return None, f"{compiler} could not compile {_SOURCE.name}"
+    try:
+        return _bind(ctypes.CDLL(str(path))), None
+    except OSError as exc:
+        return None, f"loading the CPU kernels from {path} failed ({exc})"
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
