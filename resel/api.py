@@ -18,7 +18,9 @@ file or TensorRT engine that the controller runs on a robot.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,31 @@ from resel_train.config import (
     load_config_file,
     resolve_config,
 )
+from resel_train.runlock import RunLocked
 from resel_train.stepwise import StepwisePolicy
 from resel_train.trainer import Trainer, resolve_device
 
 FORMATS = ("onnx", "tensorrt")
+
+
+def _one_thread_at_a_time(method: Callable[..., Any]) -> Callable[..., Any]:
+    """learn, save and export write the run folder: a call from a second thread while one runs raises
+    :class:`~resel_train.runlock.RunLocked` at once (the same thread may nest them, e.g. save in a callback)."""
+
+    @functools.wraps(method)
+    def wrapper(self: RESeL, *args: Any, **kwargs: Any) -> Any:
+        if not self._busy.acquire(blocking=False):
+            raise RunLocked(f"this model is busy in {self._busy_with} on another thread; call {method.__name__}() "
+                            "after it returns (two threads training or saving one run would overwrite each other)")
+        outer = self._busy_with
+        self._busy_with = f"{method.__name__}()"
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._busy_with = outer
+            self._busy.release()
+
+    return wrapper
 _PARAMETERS = ("env", "preset")  # config keys that are RESeL's own arguments
 
 
@@ -89,6 +112,7 @@ class RESeL:
         self._device = device
         self._rng = np.random.default_rng(seed)  # noise of stochastic predict()
         self._stepwise: StepwisePolicy | None = None
+        self._busy, self._busy_with = threading.RLock(), ""
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -166,6 +190,7 @@ class RESeL:
         return self._device
 
     # ---- training -----------------------------------------------------------------------------
+    @_one_thread_at_a_time
     def learn(self, total_steps: int, callbacks: BaseCallback | Iterable[BaseCallback] | None = None,
               progress_bar: bool = False, reset_num_timesteps: bool = False) -> RESeL:
         """Train until ``total_steps`` environment steps in total, then save the run; returns self.
@@ -211,6 +236,7 @@ class RESeL:
         self._trainer.save()  # no-op when the unit on disk is at this step already
         return self._trainer.run_dir / CHECKPOINT
 
+    @_one_thread_at_a_time
     def save(self, path: str | Path, include_replay: bool = False) -> Path:
         """Write a checkpoint to ``path`` (a byte copy of the run's unit: same format, same checksum).
 
@@ -234,6 +260,7 @@ class RESeL:
                 atomic_write(path.parent / replay.name, replay.read_bytes())
         return path
 
+    @_one_thread_at_a_time
     def export(self, path: str | Path, format: str | None = None, fp16: bool = False) -> Any:
         """ONNX (``.onnx``; returns the :class:`~resel.export.onnx.ExportReport`, parity-checked) or a TensorRT
         engine (``.engine``/``.plan``/``.trt``; returns its path; needs a GPU), by suffix or ``format``."""
