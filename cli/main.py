@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -128,25 +129,21 @@ def train(
     except OSError as exc:  # e.g. the disk filled up during a save: the unit on disk is still whole
         if _options["debug"]:
             raise
-        _fail(OSError(f"{_message(exc)}; {_last_good(trainer)}"))
+        _fail(OSError(f"{_message(exc)}; {trainer.kept()}"))
     except TrainingInterrupted as exc:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the run is saved: another signal now just ends the process
+            signal.signal(sig, signal.SIG_DFL)
         console.print(f"stopped by {escape(str(exc))}; resume with: {again}", soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
     except TrainingDiverged as exc:
         if _options["debug"]:
             raise
-        _fail(ValueError(f"{exc}; stopped without saving: {_last_good(trainer)}. Lower the learning rates, or resume "
+        _fail(ValueError(f"{exc}; stopped without saving: {trainer.kept()}. Lower the learning rates, or resume "
                          f"from that checkpoint ({again})"), EXIT_DIVERGED)
     success = trainer.last_eval_success
     console.print(f"done: {model.num_timesteps} steps, last eval return {trainer.last_eval}"
                   + ("" if success is None else f", success rate {success:.0%}"))
     console.print(f"checkpoint: {trainer.run_dir / 'checkpoint.pt'}")
-
-
-def _last_good(trainer: Any) -> str:
-    if trainer.saved_step is None:
-        return "nothing was saved"
-    return f"the last good checkpoint {trainer.run_dir / 'checkpoint.pt'} (step {trainer.saved_step}) is kept"
 
 
 class Backend(str, Enum):

@@ -247,6 +247,7 @@ class Trainer:
         )
         self.saved_step: int | None = None  # env_steps of the unit on disk
         self._unit_on_disk: tuple[int, int, int] | None = None  # the checkpoint.pt this trainer wrote or read
+        self._saving_step: int | None = None  # env_steps of a save in progress
         self._wall_base, self._clock = 0.0, None  # wall time of earlier processes; perf_counter at train()
         self._stop_signal: int | None = None
         self.last_eval_success: float | None = None  # tasks whose env reports info["success"] (Key-to-Door)
@@ -463,6 +464,15 @@ class Trainer:
                         f"checkpoint is {now}, this model is at step {self.env_steps}); load the run again "
                         "(RESeL.load or --resume) instead of training over it")
 
+    def kept(self) -> str:
+        """What the run folder holds if the process stops now (for the messages of a failed save or a second signal)."""
+        path = self.run_dir / CHECKPOINT
+        last = ("nothing was saved" if self.saved_step is None
+                else f"the last good checkpoint {path} (step {self.saved_step}) is kept")
+        if self._saving_step is None:
+            return last
+        return f"{last}, or step {self._saving_step} if the save in progress had committed (a save is all or nothing)"
+
     def save(self) -> Path:
         """Replace the run's checkpoint + replay unit atomically (see checkpoint.py); refuses a diverged state.
 
@@ -474,7 +484,16 @@ class Trainer:
             return self.run_dir / CHECKPOINT
         replay = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
                   for k, v in self.prefetch.replay_state(self.buffer).items()}
-        path = save_run_state(self.run_dir, {
+        self._saving_step = self.env_steps
+        try:
+            path = self._write_unit(replay)
+            self.saved_step, self._unit_on_disk = self.env_steps, self._checkpoint_identity()
+        finally:
+            self._saving_step = None
+        return path
+
+    def _write_unit(self, replay: dict) -> Path:
+        return save_run_state(self.run_dir, {
             "model": self.model_spec(),
             "config": config_to_dict(self.cfg),
             "policy": self.agent.policy.state_dict(),
@@ -488,8 +507,6 @@ class Trainer:
                 "python": random.getstate(), "collect": self.collect_generator.get_state(),
             },
         }, {"replay": replay}, self.env_steps)
-        self.saved_step, self._unit_on_disk = self.env_steps, self._checkpoint_identity()
-        return path
 
     def _restore(self, saved: dict) -> None:
         replay = load_replay(self.run_dir, saved)
@@ -512,8 +529,8 @@ class Trainer:
 
 class _StopOnSignals:
     """While training: the first SIGINT/SIGTERM asks the loop to stop after its current step and save;
-    a second one stops the process at once (saves are atomic, so that loses at most that last save).
-    Only installed from the main thread (Python delivers signals there)."""
+    a second one stops the process at once (saves are atomic, so that loses at most that last save), after
+    printing what the run folder keeps. Only installed from the main thread (Python delivers signals there)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -523,6 +540,8 @@ class _StopOnSignals:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.trainer._stop_signal is not None:
+            name = signal.Signals(signum).name
+            os.write(2, f"second {name}: stopping at once; {self.trainer.kept()}; continue it with --resume\n".encode())
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         self.trainer._stop_signal = signum
