@@ -307,14 +307,16 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: SWEEP_DIR/report).")] = None,
 ) -> None:
     """Mean ± standard error over seeds at chosen steps beside the paper's numbers; one learning-curve PNG per task."""
-    from resel_train.report import markdown_table, write_report
+    from resel_train.report import markdown_table, parse_steps, write_report
 
     try:
-        at = [int(float(s)) for s in _csv(steps)] if steps else None
-        result = write_report(sweep_dir, at, out)
-    except (ValueError, FileNotFoundError) as exc:
+        result = write_report(sweep_dir, None if steps is None else parse_steps(steps), out)
+    except (ValueError, OSError) as exc:
         _fail(exc)
-    console.print(f"{len(result.runs)} runs ({result.finished} finished) over {len({r.env for r in result.runs})} tasks")
+    for name, reason in result.skipped:
+        console.print(f"[yellow]skipped[/] {escape(name)}: {escape(reason)}", soft_wrap=True)
+    console.print(f"{len(result.runs)} runs used ({result.finished} finished) over {len({r.env for r in result.runs})} "
+                  f"tasks" + (f"; {len(result.skipped)} skipped (listed above)" if result.skipped else ""))
     console.print(markdown_table(result), markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {result.markdown}, {result.csv} and {len(result.plots)} plots")
 
