@@ -282,6 +282,8 @@ def sweep(
     retry_failed: Annotated[bool, typer.Option(help="Run only the trials that failed last time.")] = False,
 ) -> None:
     """Run a task x encoder x seed grid on Ray; rerun the same command to resume (finished trials are skipped)."""
+    from resel_train.runlock import RunLocked
+
     try:
         from resel_train.sweep import SweepGrid
         from resel_train.sweep_runner import SweepOptions, run_sweep
@@ -291,7 +293,7 @@ def sweep(
         grid = None if envs is None else SweepGrid(_csv(envs), seeds, _csv(encoders), preset, steps, set_ or [])
         options = SweepOptions(address, num_cpus, cpus_per_trial, gpus_per_trial, max_retries, only or [], retry_failed)
         result = run_sweep(out, grid, options, console)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, OSError, ImportError, RunLocked) as exc:
         _fail(exc)
     except KeyboardInterrupt:
         raise typer.Exit(code=130) from None
@@ -315,7 +317,7 @@ def report(
         _fail(exc)
     for name, reason in result.skipped:
         console.print(f"[yellow]skipped[/] {escape(name)}: {escape(reason)}", soft_wrap=True)
-    console.print(f"{len(result.runs)} runs used ({result.finished} finished) over {len({r.env for r in result.runs})} "
+    console.print(f"{len(result.runs)} runs ({result.finished} finished) over {len({r.env for r in result.runs})} "
                   f"tasks" + (f"; {len(result.skipped)} skipped (listed above)" if result.skipped else ""))
     console.print(markdown_table(result), markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {result.markdown}, {result.csv} and {len(result.plots)} plots")

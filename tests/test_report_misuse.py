@@ -78,7 +78,7 @@ def test_every_skipped_run_is_named_and_the_mean_covers_only_the_runs_used(tmp_p
     for word in words:
         assert word in line, (name, line)
     used = 3 if folder == "Hopper_mamba_s9" else 2
-    assert f"{used} runs used" in text and "1 skipped" in text
+    assert f"{used} runs ({used} finished) over 1 tasks; 1 skipped" in text
     report = write_report(root, [400])
     assert [(n, r) for n, r in report.skipped if n == folder] and len(report.skipped) == 1
     cell = report.cells[("Hopper", "mamba", 400)]
