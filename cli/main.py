@@ -279,7 +279,7 @@ def sweep(
     gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial; fractions share a GPU, e.g. 0.25.")] = 0.0,
     max_retries: Annotated[int, typer.Option(help="Re-runs of a trial whose worker or node died.")] = 2,
     only: Annotated[Optional[list[str]], typer.Option(help="Run only this trial, ENV/encoder/seed (repeatable).")] = None,
-    retry_failed: Annotated[bool, typer.Option(help="Run only the trials that failed last time.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Run only the trials that failed or were lost last time.")] = False,
 ) -> None:
     """Run a task x encoder x seed grid on Ray; rerun the same command to resume (finished trials are skipped)."""
     from resel_train.runlock import RunLocked

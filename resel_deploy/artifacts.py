@@ -18,8 +18,8 @@ FORMAT = "resel-stepwise"
 FORMAT_VERSION = 1
 ENGINE_FORMAT = "resel-stepwise-tensorrt"  # the JSON sidecar of a TensorRT engine
 ORT_INSTALL_HINT = "pip install 'resel[deploy]'  (numpy + onnxruntime)"
-INPUT_NAMES = ("obs", "prev_reward", "is_first", "noise")
-STATE_IN, STATE_OUT = "state_in.", "state_out."
+INPUT_NAMES = ("obs", "prev_reward", "is_first", "noise")  # the graph's inputs, then STATE_IN + each state name
+STATE_IN, STATE_OUT = "state_in.", "state_out."  # prefixes of the state tensors the graph reads and writes
 _REEXPORT = "the file was modified after export; export it again with `resel export`"
 
 
@@ -27,7 +27,8 @@ class MetadataError(ValueError):
     """A policy file whose metadata is malformed or disagrees with its graph (the message names the key)."""
 
 
-def _fail(source: str | Path, key: str, problem: str) -> MetadataError:
+def metadata_error(source: str | Path, key: str, problem: str) -> MetadataError:
+    """The one-line refusal of a policy file whose metadata ``key`` has ``problem``, with the fix."""
     return MetadataError(f"{source}: metadata key {key!r} {problem}; {_REEXPORT}")
 
 
@@ -44,45 +45,46 @@ def validate_metadata(meta: Mapping[str, Any], source: str | Path,
     name -> dims) is the graph's own view; it is checked before the keys are compared with each other, so the
     key that disagrees with the graph is the one named.
     """
+    def fail(key: str, problem: str) -> MetadataError:
+        return metadata_error(source, key, problem)
+
     for key in ("obs_dim", "act_dim"):
         if not _is_int(meta.get(key)):
-            raise _fail(source, key, f"must be a positive integer; got {meta.get(key)!r:.60}")
+            raise fail(key, f"must be a positive integer; got {meta.get(key)!r:.60}")
     obs_dim, act_dim = meta["obs_dim"], meta["act_dim"]
     for key in ("reward_as_input", "discrete"):
         if not isinstance(meta.get(key, False), bool):
-            raise _fail(source, key, f"must be true or false; got {meta.get(key)!r:.60}")
+            raise fail(key, f"must be true or false; got {meta.get(key)!r:.60}")
     layout = meta.get("state_layout")
     if not (isinstance(layout, list) and all(_state_entry_ok(s) for s in layout)):
-        raise _fail(source, "state_layout", "must be a list of {\"name\": str, \"shape\": [\"batch\", sizes "
-                                            f"ints...]}}; got {layout!r:.60}")
+        raise fail("state_layout", 'must be a list of {"name": str, "shape": ["batch", sizes...]}; '
+                                   f"got {layout!r:.60}")
     names = [s["name"] for s in layout]
     if names[:2] != ["prev_obs", "prev_act"] or len(set(names)) != len(names):
-        raise _fail(source, "state_layout", f"must start with prev_obs, prev_act and name each state once; got {names}")
+        raise fail("state_layout", f"must start with prev_obs, prev_act and name each state once; got {names}")
     for key, want in (("inputs", [*INPUT_NAMES, *(STATE_IN + n for n in names)]),
                       ("outputs", [None, None, None, *(STATE_OUT + n for n in names)])):
         value = meta.get(key)
         got = [v.get("name") if isinstance(v, dict) else None for v in value] if isinstance(value, list) else None
         if got is None or len(got) != len(want) or not all(isinstance(g, str) for g in got) or any(
                 w is not None and g != w for g, w in zip(got, want)):
-            raise _fail(source, key, f"must list the graph's {key} {[w or '...' for w in want]}; got {got!r:.80}")
+            raise fail(key, f"must list the graph's {key} {[w or '...' for w in want]}; got {got!r:.80}")
     if graph is not None:
         check_graph_shapes(meta, graph, source)
     if layout[0]["shape"][1:] != [obs_dim] or layout[1]["shape"][1:] != [act_dim]:
-        raise _fail(source, "state_layout", f"gives prev_obs {layout[0]['shape']} and prev_act {layout[1]['shape']}, "
-                                            f"which disagree with obs_dim={obs_dim}, act_dim={act_dim}")
+        raise fail("state_layout", f"gives prev_obs {layout[0]['shape']} and prev_act {layout[1]['shape']}, which "
+                                   f"disagree with obs_dim={obs_dim}, act_dim={act_dim}")
     n_bounds = 1 if meta.get("discrete", False) else act_dim
-    bounds = {}
     for key in ("action_low", "action_high"):
         value = meta.get(key)
         if not (isinstance(value, list) and len(value) == n_bounds and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
-            raise _fail(source, key, f"must be a list of {n_bounds} finite numbers; got {value!r:.60}")
-        bounds[key] = value
-    if any(lo > hi for lo, hi in zip(bounds["action_low"], bounds["action_high"])):
-        raise _fail(source, "action_high", f"is below action_low somewhere ({bounds['action_high']} < "
-                                           f"{bounds['action_low']})")
-    if meta.get("discrete", False) and (bounds["action_low"] != [0] or bounds["action_high"] != [act_dim - 1]):
-        raise _fail(source, "action_low", f"of a discrete policy must be [0] with action_high [{act_dim - 1}]")
+            raise fail(key, f"must be a list of {n_bounds} finite numbers; got {value!r:.60}")
+    low, high = meta["action_low"], meta["action_high"]
+    if any(lo > hi for lo, hi in zip(low, high)):
+        raise fail("action_high", f"is below action_low somewhere ({high} < {low})")
+    if meta.get("discrete", False) and (low != [0] or high != [act_dim - 1]):
+        raise fail("action_low", f"of a discrete policy must be [0] with action_high [{act_dim - 1}]")
 
 
 def _state_entry_ok(entry: Any) -> bool:
@@ -109,9 +111,9 @@ def check_graph_shapes(meta: Mapping[str, Any], graph: Mapping[str, Sequence[Any
         if got == want:
             continue
         key = ("obs_dim" if name == "obs" else "act_dim" if name == "noise" else
-               "state_layout" if name.startswith(("state_in.", "state_out.")) else "inputs")
-        raise MetadataError(f"{source}: metadata key {key!r} gives {name} the shape {_dims(want)} but the graph's "
-                            f"{name} is {_dims(got) if name in graph else 'missing'}; {_REEXPORT}")
+               "state_layout" if name.startswith((STATE_IN, STATE_OUT)) else "inputs")
+        raise metadata_error(source, key, f"gives {name} the shape {_dims(want)} but the graph's {name} is "
+                                          f"{_dims(got) if name in graph else 'missing'}")
 
 
 def _dims(dims: Sequence[int | None]) -> str:

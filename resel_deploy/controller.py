@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from resel_deploy.artifacts import MetadataError, read_engine, read_onnx_metadata
+from resel_deploy.artifacts import metadata_error, read_engine, read_onnx_metadata
 from resel_deploy.backends import (
     Backend,
     OnnxRuntimeBackend,
@@ -253,10 +253,8 @@ class Controller:
         source = self.metadata.get("source", "the policy")
         for key, graph, meta in (("action_low", low, self.action_low), ("action_high", high, self.action_high)):
             if not np.allclose(graph, meta, rtol=1e-5, atol=1e-6):
-                raise MetadataError(
-                    f"{source}: metadata key {key!r} says {meta.tolist()} but the graph, which applies the bounds "
-                    f"itself, acts within {low.tolist()} .. {high.tolist()}; the file was modified after export; "
-                    "export it again with `resel export`")
+                raise metadata_error(source, key, f"says {meta.tolist()} but the graph, which applies the bounds "
+                                                  f"itself, acts within {low.tolist()} .. {high.tolist()}")
 
     # ---- stepping -----------------------------------------------------------------------------
     def reset(self, rows=None) -> None:

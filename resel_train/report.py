@@ -133,8 +133,9 @@ def _latest_rows(rows: list[dict[str, float]]) -> list[dict[str, float]]:
 def find_runs(sweep_dir: Path, manifest: Manifest | None = None) -> tuple[list[RunCurve], list[tuple[str, str]]]:
     """The usable runs under ``sweep_dir`` and (folder name, reason) for every one skipped.
 
-    A run folder is a folder with a config.yaml; trials the manifest lists without such a folder are
-    skipped as not started (``manifest``: the sweep's, if any), and a second folder with the same task, encoder and seed as another as a duplicate.
+    A run folder is a folder with a config.yaml. Trials that ``manifest`` (the sweep's, if any) lists without
+    such a folder are skipped as not started, and a second folder with another's task, encoder and seed as a
+    duplicate.
     """
     sweep_dir = Path(sweep_dir)
     runs: dict[tuple[str, str, int], RunCurve] = {}

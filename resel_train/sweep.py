@@ -85,7 +85,8 @@ class Manifest:
     trials: dict[str, TrialRecord] = field(default_factory=dict)
 
     def save(self, sweep_dir: Path) -> None:
-        data = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "grid": asdict(self.grid), "resources": self.resources,
+        data = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "grid": asdict(self.grid),
+                "resources": self.resources,
                 "trials": {key: asdict(rec) for key, rec in self.trials.items()}}
         atomic_write(Path(sweep_dir) / MANIFEST, (json.dumps(data, indent=1) + "\n").encode())
 

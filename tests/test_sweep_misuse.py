@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -131,8 +130,8 @@ def test_a_second_driver_is_refused_naming_the_holder(tmp_path, state):
 
 @needs_ray
 def test_a_trial_whose_node_died_is_marked_lost_and_resumes(tmp_path):
-    """SIGKILL the local Ray node's raylet and workers mid-trial (what a node death is): the driver says so in one line, the manifest says lost at the
-    checkpoint's step, and --retry-failed resumes the trial from there to the end."""
+    """SIGKILL the local Ray node's raylet and workers mid-trial (what a node death is): the driver says so in one
+    line, the manifest says lost at the checkpoint's step, and --retry-failed resumes the trial from there."""
     out, run = tmp_path / "sweep", tmp_path / "sweep" / "Pendulum-V_mamba_s0"
     steps = 1200
     argv = ["sweep", "--envs", "Pendulum-V", "--seeds", "1", "--steps", str(steps), "--num-cpus", "1", *TINY,
