@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -128,25 +129,21 @@ def train(
     except OSError as exc:  # e.g. the disk filled up during a save: the unit on disk is still whole
         if _options["debug"]:
             raise
-        _fail(OSError(f"{_message(exc)}; {_last_good(trainer)}"))
+        _fail(OSError(f"{_message(exc)}; {trainer.kept()}"))
     except TrainingInterrupted as exc:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # the run is saved: another signal now just ends the process
+            signal.signal(sig, signal.SIG_DFL)
         console.print(f"stopped by {escape(str(exc))}; resume with: {again}", soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
     except TrainingDiverged as exc:
         if _options["debug"]:
             raise
-        _fail(ValueError(f"{exc}; stopped without saving: {_last_good(trainer)}. Lower the learning rates, or resume "
+        _fail(ValueError(f"{exc}; stopped without saving: {trainer.kept()}. Lower the learning rates, or resume "
                          f"from that checkpoint ({again})"), EXIT_DIVERGED)
     success = trainer.last_eval_success
     console.print(f"done: {model.num_timesteps} steps, last eval return {trainer.last_eval}"
                   + ("" if success is None else f", success rate {success:.0%}"))
     console.print(f"checkpoint: {trainer.run_dir / 'checkpoint.pt'}")
-
-
-def _last_good(trainer: Any) -> str:
-    if trainer.saved_step is None:
-        return "nothing was saved"
-    return f"the last good checkpoint {trainer.run_dir / 'checkpoint.pt'} (step {trainer.saved_step}) is kept"
 
 
 class Backend(str, Enum):
@@ -282,9 +279,11 @@ def sweep(
     gpus_per_trial: Annotated[float, typer.Option(help="GPUs per trial; fractions share a GPU, e.g. 0.25.")] = 0.0,
     max_retries: Annotated[int, typer.Option(help="Re-runs of a trial whose worker or node died.")] = 2,
     only: Annotated[Optional[list[str]], typer.Option(help="Run only this trial, ENV/encoder/seed (repeatable).")] = None,
-    retry_failed: Annotated[bool, typer.Option(help="Run only the trials that failed last time.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Run only the trials that failed or were lost last time.")] = False,
 ) -> None:
     """Run a task x encoder x seed grid on Ray; rerun the same command to resume (finished trials are skipped)."""
+    from resel_train.runlock import RunLocked
+
     try:
         from resel_train.sweep import SweepGrid
         from resel_train.sweep_runner import SweepOptions, run_sweep
@@ -294,7 +293,7 @@ def sweep(
         grid = None if envs is None else SweepGrid(_csv(envs), seeds, _csv(encoders), preset, steps, set_ or [])
         options = SweepOptions(address, num_cpus, cpus_per_trial, gpus_per_trial, max_retries, only or [], retry_failed)
         result = run_sweep(out, grid, options, console)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, OSError, ImportError, RunLocked) as exc:
         _fail(exc)
     except KeyboardInterrupt:
         raise typer.Exit(code=130) from None
@@ -310,14 +309,16 @@ def report(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: SWEEP_DIR/report).")] = None,
 ) -> None:
     """Mean ± standard error over seeds at chosen steps beside the paper's numbers; one learning-curve PNG per task."""
-    from resel_train.report import markdown_table, write_report
+    from resel_train.report import markdown_table, parse_steps, write_report
 
     try:
-        at = [int(float(s)) for s in _csv(steps)] if steps else None
-        result = write_report(sweep_dir, at, out)
-    except (ValueError, FileNotFoundError) as exc:
+        result = write_report(sweep_dir, None if steps is None else parse_steps(steps), out)
+    except (ValueError, OSError) as exc:
         _fail(exc)
-    console.print(f"{len(result.runs)} runs ({result.finished} finished) over {len({r.env for r in result.runs})} tasks")
+    for name, reason in result.skipped:
+        console.print(f"[yellow]skipped[/] {escape(name)}: {escape(reason)}", soft_wrap=True)
+    console.print(f"{len(result.runs)} runs ({result.finished} finished) over {len({r.env for r in result.runs})} "
+                  f"tasks" + (f"; {len(result.skipped)} skipped (listed above)" if result.skipped else ""))
     console.print(markdown_table(result), markup=False, highlight=False, soft_wrap=True)
     console.print(f"wrote {result.markdown}, {result.csv} and {len(result.plots)} plots")
 

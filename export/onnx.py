@@ -51,12 +51,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from resel_deploy.artifacts import FORMAT, FORMAT_VERSION, decode_metadata
+from resel_deploy.artifacts import FORMAT, FORMAT_VERSION, INPUT_NAMES, STATE_IN, STATE_OUT, decode_metadata
 from resel_train.atomic import atomic_write
-from resel_train.stepwise import STATE_IN_PREFIX, STATE_OUT_PREFIX, StepwisePolicy
+from resel_train.stepwise import StepwisePolicy
 
 OPSET = 18
-INPUT_NAMES = ("obs", "prev_reward", "is_first", "noise")
 OUTPUT_NAMES = ("action", "action_mean", "action_log_std")
 DISCRETE_OUTPUT_NAMES = ("action", "action_logits", "action_log_probs")
 ORT_INSTALL_HINT = "pip install 'resel[onnx]'  (onnx, onnxruntime, onnxscript)"
@@ -124,11 +123,11 @@ def io_spec(stepwise: StepwisePolicy) -> tuple[list[dict], list[dict]]:
     o, a = stepwise.obs_dim, stepwise.act_dim
     states = stepwise.state_spec()
     inputs = [t("obs", o), t("prev_reward", 1), t("is_first"), t("noise", a)]
-    inputs += [t(STATE_IN_PREFIX + s.name, *s.shape) for s in states]
+    inputs += [t(STATE_IN + s.name, *s.shape) for s in states]
     action, head_a, head_b = DISCRETE_OUTPUT_NAMES if stepwise.discrete else OUTPUT_NAMES
     first = {"name": action, "shape": ["batch"], "dtype": "int64"} if stepwise.discrete else t(action, a)
     outputs = [first, t(head_a, a), t(head_b, a)]
-    outputs += [t(STATE_OUT_PREFIX + s.name, *s.shape) for s in states]
+    outputs += [t(STATE_OUT + s.name, *s.shape) for s in states]
     return inputs, outputs
 
 
@@ -381,7 +380,7 @@ def parity_error(model_bytes: bytes, stepwise: StepwisePolicy, steps: int, batch
             with torch.inference_mode():
                 ref = stepwise(*(torch.from_numpy(feed[k]) for k in INPUT_NAMES), *torch_state)
             ort_feed = dict(feed)
-            ort_feed.update({STATE_IN_PREFIX + n: s for n, s in zip(names, ort_state, strict=False)})
+            ort_feed.update({STATE_IN + n: s for n, s in zip(names, ort_state, strict=False)})
             got = session.run(out_names, ort_feed)
             for g, r in zip(got, ref, strict=False):
                 r = r.numpy()

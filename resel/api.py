@@ -18,14 +18,16 @@ file or TensorRT engine that the controller runs on a robot.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from resel_deploy.controller import ENGINE_SUFFIXES
+from resel_deploy.controller import ENGINE_SUFFIXES, NonFiniteAction, checked_safe_action
 from resel_train.atomic import atomic_write
 from resel_train.callbacks import BaseCallback, with_defaults
 from resel_train.checkpoint import CHECKPOINT, load_checkpoint, referenced_replay
@@ -37,10 +39,31 @@ from resel_train.config import (
     load_config_file,
     resolve_config,
 )
+from resel_train.runlock import RunLocked
 from resel_train.stepwise import StepwisePolicy
 from resel_train.trainer import Trainer, resolve_device
 
 FORMATS = ("onnx", "tensorrt")
+
+
+def _one_thread_at_a_time(method: Callable[..., Any]) -> Callable[..., Any]:
+    """learn, save and export write the run folder: a call from a second thread while one runs raises
+    :class:`~resel_train.runlock.RunLocked` at once (the same thread may nest them, e.g. save in a callback)."""
+
+    @functools.wraps(method)
+    def wrapper(self: RESeL, *args: Any, **kwargs: Any) -> Any:
+        if not self._busy.acquire(blocking=False):
+            raise RunLocked(f"this model is busy in {self._busy_with} on another thread; call {method.__name__}() "
+                            "after it returns (two threads training or saving one run would overwrite each other)")
+        outer = self._busy_with
+        self._busy_with = f"{method.__name__}()"
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._busy_with = outer
+            self._busy.release()
+
+    return wrapper
 _PARAMETERS = ("env", "preset")  # config keys that are RESeL's own arguments
 
 
@@ -89,6 +112,7 @@ class RESeL:
         self._device = device
         self._rng = np.random.default_rng(seed)  # noise of stochastic predict()
         self._stepwise: StepwisePolicy | None = None
+        self._busy, self._busy_with = threading.RLock(), ""
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -166,6 +190,7 @@ class RESeL:
         return self._device
 
     # ---- training -----------------------------------------------------------------------------
+    @_one_thread_at_a_time
     def learn(self, total_steps: int, callbacks: BaseCallback | Iterable[BaseCallback] | None = None,
               progress_bar: bool = False, reset_num_timesteps: bool = False) -> RESeL:
         """Train until ``total_steps`` environment steps in total, then save the run; returns self.
@@ -211,6 +236,7 @@ class RESeL:
         self._trainer.save()  # no-op when the unit on disk is at this step already
         return self._trainer.run_dir / CHECKPOINT
 
+    @_one_thread_at_a_time
     def save(self, path: str | Path, include_replay: bool = False) -> Path:
         """Write a checkpoint to ``path`` (a byte copy of the run's unit: same format, same checksum).
 
@@ -234,6 +260,7 @@ class RESeL:
                 atomic_write(path.parent / replay.name, replay.read_bytes())
         return path
 
+    @_one_thread_at_a_time
     def export(self, path: str | Path, format: str | None = None, fp16: bool = False) -> Any:
         """ONNX (``.onnx``; returns the :class:`~resel.export.onnx.ExportReport`, parity-checked) or a TensorRT
         engine (``.engine``/``.plan``/``.trt``; returns its path; needs a GPU), by suffix or ``format``."""
@@ -275,7 +302,7 @@ class RESeL:
 
     def predict(self, observation: Any, state: Mapping[str, np.ndarray] | None = None,
                 episode_start: Any = None, deterministic: bool = False,
-                reward: Any = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                reward: Any = None, safe_action: Any = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The next action (env units) and the new state, as SB3's recurrent ``predict``.
 
         ``observation``: (obs_dim,) or (n_envs, obs_dim). ``state``: what the last call returned
@@ -285,8 +312,13 @@ class RESeL:
         reward the previous action got, scalar or (n_envs,); only tasks that feed rewards to the
         policy use it, and for them it is required after an episode's first step.
         ``deterministic``: tanh(mean); otherwise sampled with this model's seeded numpy generator.
+        A non-finite action is never returned, as with :class:`~resel_deploy.Controller`: it raises
+        :class:`~resel_deploy.NonFiniteAction`, or, given ``safe_action`` (env units, within the bounds), those rows
+        get it and their returned state is zeroed (their next call starts an episode). A NaN/inf input raises ValueError.
         """
         stepwise = self.policy()
+        safe = None if safe_action is None else checked_safe_action(
+            safe_action, np.asarray(stepwise.action_low, np.float32), np.asarray(stepwise.action_high, np.float32))
         obs = _as_float("observation", observation)
         single = obs.ndim == 1
         if obs.ndim not in (1, 2) or obs.shape[-1] != stepwise.obs_dim:
@@ -306,6 +338,7 @@ class RESeL:
                 if np.shape(state[s.name]) != (n, *s.shape):
                     raise ValueError(f"state[{s.name!r}] has shape {np.shape(state[s.name])}, expected "
                                      f"{(n, *s.shape)} for {n} observation row(s)")
+                _as_float(f"state[{s.name!r}]", state[s.name])
             start = np.zeros(n, np.float32)
         if episode_start is not None:
             flags = np.asarray(episode_start)
@@ -330,6 +363,16 @@ class RESeL:
             out = stepwise(as_t(obs), as_t(rew), as_t(start), as_t(noise), *(as_t(state[k]) for k in names))
         action = out[0].cpu().numpy()
         new_state = {k: t.cpu().numpy() for k, t in zip(names, out[3:], strict=True)}
+        rows = np.flatnonzero(~np.isfinite(action.reshape(n, -1)).all(axis=1))
+        if len(rows):
+            if safe is None:
+                raise NonFiniteAction(
+                    f"predict produced a non-finite action for row(s) {rows.tolist()}; it was not returned. The state "
+                    "or the model's weights are out of range: start those rows again (state=None or episode_start="
+                    "True), or pass safe_action=... to predict to act safely instead of raising")
+            action[rows] = safe
+            for value in new_state.values():
+                value[rows] = 0.0
         return (action[0] if single else action), new_state
 
     def __repr__(self) -> str:

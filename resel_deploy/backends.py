@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from resel_deploy.artifacts import validate_metadata
+
 TRT_INSTALL_HINT = "pip install 'resel[tensorrt]' on a machine with an NVIDIA GPU and a CUDA build of torch"
 
 
@@ -229,7 +231,8 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, engine_bytes: bytes, meta: dict[str, Any], batch: int, cuda_graphs: bool = True) -> None:
+    def __init__(self, engine_bytes: bytes, meta: dict[str, Any], batch: int, cuda_graphs: bool = True,
+                 source: str = "the TensorRT engine") -> None:
         trt = require_tensorrt()
         import torch
 
@@ -242,6 +245,9 @@ class TensorRTBackend(Backend):
                 f"TensorRT could not deserialize the engine (built with TensorRT {meta.get('tensorrt_version')}, "
                 f"this is {trt.__version__}; engines only load in the TensorRT version and GPU they were built for)"
             )
+        engine = self.engine
+        validate_metadata(meta, source, {n: list(engine.get_tensor_shape(n)) for n in
+                                         (engine.get_tensor_name(i) for i in range(engine.num_io_tensors))})
         self.context = self.engine.create_execution_context()
         self.names = [n for n, _ in state_shapes(meta, batch)]
         dev = torch.device("cuda")

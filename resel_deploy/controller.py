@@ -32,6 +32,16 @@ the bounds) given to :meth:`Controller.load`, the affected robots get that actio
 ``nonfinite_steps`` counts it. Either way the recurrent state of those robots is zeroed (a reset:
 NaN state would otherwise poison every later step).
 
+Threads: every public method holds the controller's lock, so calls from several threads are serialised and
+each returned action is the one a sequential run of the same calls would give (the lock costs well under a
+microsecond and allocates nothing). A controller carries one recurrent state per robot, so two threads
+stepping the same robot interleave two streams into one episode: give each stream its own controller or
+batch row.
+
+Action bounds: the graph applies them itself (they are compiled in); the metadata's ``action_low`` /
+``action_high`` describe them, and :meth:`Controller.load` reads the bounds back out of the graph (two
+saturated steps) and refuses a file whose metadata disagrees, naming the key.
+
 Real-time notes: onnxruntime runs with one intra-op and one inter-op thread (the step runs on the
 caller's thread); denormals are flushed to zero on the loading thread (call ``prepare_thread()``
 first thing on a different control thread); for the torch backend call
@@ -41,12 +51,13 @@ first thing on a different control thread); for the torch backend call
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from resel_deploy.artifacts import read_engine, read_onnx_metadata
+from resel_deploy.artifacts import metadata_error, read_engine, read_onnx_metadata
 from resel_deploy.backends import (
     Backend,
     OnnxRuntimeBackend,
@@ -113,11 +124,15 @@ class Controller:
         self._rew_flat = h.prev_reward.reshape(-1)
         self._act_flat = h.action.reshape(-1)
         self._zeros_act = np.zeros(self._act_flat.shape, np.float32)
-        self.safe_action = None if safe_action is None else self._checked_safe_action(safe_action)
+        self._lock = threading.Lock()
         self.nonfinite_steps = 0
         for _ in range(max(0, warmup)):  # fault in pages and runtime arenas before the first real step
             h.is_first.fill(1.0)
             backend.run()
+        if not self.discrete:
+            self._check_bounds_against_graph()
+        self.safe_action = None if safe_action is None else checked_safe_action(safe_action, self.action_low,
+                                                                                 self.action_high)
         backend.zero_state()
         h.obs.fill(0.0)
         h.prev_reward.fill(0.0)
@@ -192,7 +207,7 @@ class Controller:
 
                 model, meta = _onnx_model(path, kind)
                 engine, meta = build_engine_bytes(model, meta, max_batch=max(batch, 1))
-            impl = TensorRTBackend(engine, meta, batch)
+            impl = TensorRTBackend(engine, meta, batch, source=str(path))
         meta = {**meta, "source": str(path), "source_kind": kind}
         return cls(impl, meta, batch=batch, stochastic=stochastic, seed=seed, warmup=warmup, safe_action=safe_action)
 
@@ -209,19 +224,66 @@ class Controller:
         """
         _flush_denormals_on_this_thread()
 
+    def _check_bounds_against_graph(self) -> None:
+        """Read the action bounds out of the graph and refuse metadata that says otherwise.
+
+        With noise pushing ``mean + exp(log_std) * noise`` to +-20 or beyond, tanh is exactly +-1 in float32,
+        so the graph's action is its high, then its low bound. A graph whose head is not finite at a zero input
+        cannot be probed; its steps are caught by the non-finite action check instead.
+        """
+        h = self._h
+        h.obs.fill(0.0)
+        h.prev_reward.fill(0.0)
+        h.noise.fill(0.0)
+        h.is_first.fill(1.0)
+        self._backend.run()
+        with np.errstate(over="ignore", invalid="ignore"):
+            push = (np.abs(h.mean) + 20.0) * np.exp(-h.log_std)
+        seen = []
+        for sign in (1.0, -1.0):
+            np.multiply(push, sign, out=h.noise)
+            h.is_first.fill(1.0)
+            self._backend.run()
+            seen.append(h.action.min(axis=0) if sign < 0 else h.action.max(axis=0))
+        h.noise.fill(0.0)
+        h.is_first.fill(1.0)
+        high, low = seen
+        if not (np.isfinite(high).all() and np.isfinite(low).all()):
+            return
+        source = self.metadata.get("source", "the policy")
+        for key, graph, meta in (("action_low", low, self.action_low), ("action_high", high, self.action_high)):
+            if not np.allclose(graph, meta, rtol=1e-5, atol=1e-6):
+                raise metadata_error(source, key, f"says {meta.tolist()} but the graph, which applies the bounds "
+                                                  f"itself, acts within {low.tolist()} .. {high.tolist()}")
+
     # ---- stepping -----------------------------------------------------------------------------
     def reset(self, rows=None) -> None:
-        """Start a new episode at the next step for every robot, or only for ``rows`` (indices or mask)."""
-        if rows is None:
-            self._h.is_first.fill(1.0)
-        else:
-            self._h.is_first[rows] = 1.0
+        """Start a new episode at the next step for every robot, or only for ``rows`` (indices or a bool mask)."""
+        with self._lock:
+            if rows is None:
+                self._h.is_first.fill(1.0)
+            else:
+                self._h.is_first[self._rows(rows)] = 1.0
+
+    def _rows(self, rows: Any) -> np.ndarray:
+        """``rows`` as valid robot indices (a (batch,) bool mask or integers in 0..batch-1), or a ValueError."""
+        r = np.asarray(rows)
+        if r.dtype == bool and r.shape == (self.batch,):
+            return np.flatnonzero(r)
+        if r.size == 0 or (r.dtype.kind in "iu" and r.ndim <= 1 and ((r >= 0) & (r < self.batch)).all()):
+            return r.reshape(-1).astype(np.intp)
+        raise ValueError(f"rows must be robot indices in 0..{self.batch - 1} or a ({self.batch},) bool mask; "
+                         f"got {rows!r:.60}")
 
     def step(self, obs, reward: float = 0.0, out: np.ndarray | None = None) -> np.ndarray | int:
         """One robot: observation (obs_dim,) and previous reward -> action (act_dim,) in env units.
 
         A discrete policy returns the action index (``int``; ``out`` is for continuous actions only).
         """
+        with self._lock:
+            return self._step(obs, reward, out)
+
+    def _step(self, obs, reward: float, out: np.ndarray | None) -> np.ndarray | int:
         if self.batch != 1:
             raise ValueError(f"step() is for one robot; this controller was loaded with batch={self.batch}: "
                              "use step_batch()")
@@ -255,6 +317,10 @@ class Controller:
         ``is_first`` adds to episode starts requested with :meth:`reset`. Returns (batch, act_dim)
         (discrete: (batch,) int64 indices), written into ``out`` when given.
         """
+        with self._lock:
+            return self._step_batch(obs, rewards, is_first, out)
+
+    def _step_batch(self, obs, rewards, is_first, out: np.ndarray | None) -> np.ndarray:
         obs = _numeric("obs", obs, f"({self.batch}, {self.obs_dim})")
         self._check_out(out, (self.batch, self.act_dim))
         if obs.shape != (self.batch, self.obs_dim):
@@ -300,17 +366,6 @@ class Controller:
         if out.shape != shape:
             raise ValueError(f"out must have shape {shape}; got {out.shape}")
 
-    def _checked_safe_action(self, safe_action: Any) -> np.ndarray:
-        a = _numeric("safe_action", safe_action, f"({self.act_dim},)").astype(np.float32)
-        try:
-            a = np.broadcast_to(a, (self.act_dim,)).copy()
-        except ValueError:
-            raise ValueError(f"safe_action must be a scalar or have shape ({self.act_dim},); got {a.shape}") from None
-        if not (np.isfinite(a).all() and (a >= self.action_low).all() and (a <= self.action_high).all()):
-            raise ValueError(f"safe_action must be finite and within the action bounds {self.action_low.tolist()} .. "
-                             f"{self.action_high.tolist()}; got {a.tolist()}")
-        return a
-
     def _run(self) -> None:
         h = self._h
         if self.stochastic and self.discrete:
@@ -344,20 +399,38 @@ class Controller:
     # ---- inspection ---------------------------------------------------------------------------
     def get_state(self) -> dict[str, np.ndarray]:
         """Copies of the recurrent state after the last step (names as in ``state_names``)."""
-        return self._backend.get_state()
+        with self._lock:
+            return self._backend.get_state()
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self._backend.set_state(state)
+        with self._lock:
+            self._backend.set_state(state)
 
     def last_output(self) -> dict[str, np.ndarray]:
         """Copies of the last step's action, Gaussian mean and log-std (batch, act_dim); discrete: logits, log_probs."""
         h = self._h
         a, b = ("logits", "log_probs") if self.discrete else ("mean", "log_std")
-        return {"action": h.action.copy(), a: h.mean.copy(), b: h.log_std.copy()}
+        with self._lock:
+            return {"action": h.action.copy(), a: h.mean.copy(), b: h.log_std.copy()}
 
     def __repr__(self) -> str:
         return (f"Controller(backend={self.backend!r}, obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
                 f"batch={self.batch}, task={self.task_id!r}, state={self.state_names})")
+
+
+def checked_safe_action(safe_action: Any, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``safe_action`` as a float32 (act_dim,) array, refused unless finite and within [low, high]: the action
+    that replaces a non-finite one must itself be one the actuators accept."""
+    act_dim = len(low)
+    a = _numeric("safe_action", safe_action, f"({act_dim},)").astype(np.float32)
+    try:
+        a = np.broadcast_to(a, (act_dim,)).copy()
+    except ValueError:
+        raise ValueError(f"safe_action must be a scalar or have shape ({act_dim},); got {a.shape}") from None
+    if not (np.isfinite(a).all() and (a >= low).all() and (a <= high).all()):
+        raise ValueError(f"safe_action must be finite and within the action bounds {np.asarray(low).tolist()} .. "
+                         f"{np.asarray(high).tolist()}; got {a.tolist()}")
+    return a
 
 
 def _numeric(name: str, value: Any, shape: str) -> np.ndarray:

@@ -21,6 +21,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object] | bytes) 
     ``write`` is the bytes to write or a function that writes into the open file. The temp file is
     created with mode 0666 minus the umask (what ``open()`` gives), not mkstemp's 0600, and is
     named ``<name>.<16 hex>.tmp`` so :func:`remove_temp_files` can find what a killed write left.
+    Any disk error (full disk, quota, I/O error) leaves ``path`` as it was and raises ``OSError`` naming ``path``,
+    even when the writer wrapped it in its own exception type.
     Crash points (see :mod:`resel_train.crashpoint`): ``<name>:partial`` (payload handed over but
     not flushed), ``<name>:synced`` (complete temp file, before the rename), ``<name>:renamed``.
     """
@@ -39,11 +41,26 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object] | bytes) 
             os.fsync(f.fileno())
         crash_point(f"{path.name}:synced")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        os_error = _os_error_under(exc)
+        if os_error is None:
+            raise
+        raise OSError(os_error.errno, os_error.strerror or str(os_error), str(path)) from exc
     crash_point(f"{path.name}:renamed")
     fsync_dir(path.parent)
+
+
+def _os_error_under(exc: BaseException) -> OSError | None:
+    """The OSError behind a failed write, also when a serialiser wrapped it (torch.save turns a full disk into
+    "[enforce fail at inline_container.cc] unexpected pos"), so callers see one kind of error for any disk problem."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def fsync_dir(folder: Path) -> None:

@@ -138,9 +138,15 @@ def replay_name(step: int) -> str:
 def save_run_state(run_dir: Path, checkpoint: dict[str, Any], replay: dict[str, Any], step: int) -> Path:
     """Replace the run folder's unit (see the module docstring); returns the path of checkpoint.pt."""
     name = replay_name(step)
+    existed = (run_dir / name).exists()
     replay_sum = save_checkpoint(run_dir / name, {**replay, "env_steps": step})
-    save_checkpoint(run_dir / CHECKPOINT, {**checkpoint, "replay_file": {"name": name, "checksum": replay_sum,
-                                                                         "env_steps": step}})
+    try:
+        save_checkpoint(run_dir / CHECKPOINT, {**checkpoint, "replay_file": {"name": name, "checksum": replay_sum,
+                                                                             "env_steps": step}})
+    except Exception:
+        if not existed:  # nothing references it: free its space now (a full disk is the usual cause)
+            (run_dir / name).unlink(missing_ok=True)
+        raise
     crash_point("unit:committed")
     remove_unreferenced(run_dir, keep=name)
     return run_dir / CHECKPOINT

@@ -3,7 +3,8 @@
 Every run folder under the sweep folder describes itself (config.yaml, metrics.csv), so the report
 needs no Ray and also works on a folder of plain `resel train` runs. Finished and still-running runs
 both count; a run contributes at step S once it has logged past S, with its last evaluation at or
-below S.
+below S. A run folder that cannot be used (unreadable config.yaml or metrics.csv, nothing logged yet, a
+duplicate seed) is skipped and listed with the reason, so every mean covers exactly the seeds it says.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class RunCurve:
     last_step: int  # last logged environment step
     steps: np.ndarray  # evaluation steps
     returns: np.ndarray  # eval_return at those steps
+    folder: str = ""  # the run folder's name inside the sweep folder
 
     @property
     def finished(self) -> bool:
@@ -58,28 +60,68 @@ class Report:
     csv: Path
     plots: list[Path] = field(default_factory=list)
     failed: int = 0  # trials the manifest lists as failed
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (run folder, why it was not used)
 
     @property
     def finished(self) -> int:
         return sum(r.finished for r in self.runs)
 
 
-def load_run(run_dir: Path) -> RunCurve | None:
-    """A run folder's evaluation curve; None while it has logged nothing yet."""
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+class RunSkipped(ValueError):
+    """A run folder the report cannot use; the message says why (the report lists it, it does not stop)."""
+
+
+def parse_steps(text: str) -> list[int]:
+    """``--steps`` of `resel report`: positive whole step counts, comma-separated (``1e5`` allowed)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"--steps {text!r} names no step count; give positive whole numbers, e.g. --steps 10000,50000")
+    steps = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value >= 1 and value == int(value)):
+            raise ValueError(f"--steps: {item!r} is not a step count; give positive whole numbers, comma-separated, "
+                             "e.g. --steps 10000,50000")
+        steps.append(int(value))
+    return steps
+
+
+def load_run(run_dir: Path) -> RunCurve:
+    """A run folder's evaluation curve, or :class:`RunSkipped` saying why it cannot be used."""
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        env, encoder, seed, target = cfg["env"], cfg["model"]["encoder"], int(cfg["seed"]), int(cfg["steps"])
+        if not (isinstance(env, str) and isinstance(encoder, str)):
+            raise TypeError("env and model.encoder must be names")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise RunSkipped(f"config.yaml is not a run's config ({_reason(exc)})") from None
     try:
         rows = _latest_rows(read_metrics(run_dir))
     except FileNotFoundError:
-        return None
+        raise RunSkipped("nothing logged yet (no metrics.csv)") from None
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+        raise RunSkipped(f"metrics.csv is unreadable ({_reason(exc)})") from None
     if not rows:
-        return None
+        raise RunSkipped("nothing logged yet (metrics.csv has no rows)")
     evals = [r for r in rows if "eval_return" in r]
-    return RunCurve(cfg["env"], cfg["model"]["encoder"], int(cfg["seed"]), int(cfg["steps"]), int(rows[-1]["step"]),
+    return RunCurve(env, encoder, seed, target, int(rows[-1]["step"]),
                     np.array([int(r["step"]) for r in evals]), np.array([r["eval_return"] for r in evals]))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r}"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:120]
 
 
 def _latest_rows(rows: list[dict[str, float]]) -> list[dict[str, float]]:
     """Drop rows a resumed run logged again: after a restart from an earlier checkpoint the later rows win."""
+    if any("step" not in row for row in rows):
+        raise ValueError("a row has no step")
     kept: list[dict[str, float]] = []
     for row in rows:
         while kept and kept[-1]["step"] >= row["step"]:
@@ -88,9 +130,34 @@ def _latest_rows(rows: list[dict[str, float]]) -> list[dict[str, float]]:
     return kept
 
 
-def find_runs(sweep_dir: Path) -> list[RunCurve]:
-    runs = (load_run(p.parent) for p in sorted(Path(sweep_dir).glob("*/config.yaml")))
-    return sorted((r for r in runs if r is not None), key=lambda r: (r.env, r.encoder, r.seed))
+def find_runs(sweep_dir: Path, manifest: Manifest | None = None) -> tuple[list[RunCurve], list[tuple[str, str]]]:
+    """The usable runs under ``sweep_dir`` and (folder name, reason) for every one skipped.
+
+    A run folder is a folder with a config.yaml. Trials that ``manifest`` (the sweep's, if any) lists without
+    such a folder are skipped as not started, and a second folder with another's task, encoder and seed as a
+    duplicate.
+    """
+    sweep_dir = Path(sweep_dir)
+    runs: dict[tuple[str, str, int], RunCurve] = {}
+    skipped: list[tuple[str, str]] = []
+    folders = sorted(p.parent for p in sweep_dir.glob("*/config.yaml"))
+    for folder in folders:
+        try:
+            run = load_run(folder)
+        except RunSkipped as exc:
+            skipped.append((folder.name, str(exc)))
+            continue
+        key = (run.env, run.encoder, run.seed)
+        if key in runs:
+            skipped.append((folder.name, f"same task, encoder and seed as {runs[key].folder}"))
+            continue
+        run.folder = folder.name
+        runs[key] = run
+    seen = {f.name for f in folders}
+    for rec in (manifest.trials.values() if manifest else ()):
+        if rec.run not in seen:
+            skipped.append((rec.run, f"not started (the sweep lists it as {rec.status})"))
+    return sorted(runs.values(), key=lambda r: (r.env, r.encoder, r.seed)), skipped
 
 
 def aggregate(runs: list[RunCurve], steps: list[int]) -> dict[tuple[str, str, int], Cell]:
@@ -108,17 +175,22 @@ def write_report(sweep_dir: str | Path, steps: list[int] | None = None, out: str
     """Write report.md, report.csv and one <task>.png per task into ``out`` (default SWEEP_DIR/report)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"no sweep folder {sweep_dir}")
-    runs = find_runs(sweep_dir)
+        raise FileNotFoundError(f"no sweep folder {sweep_dir}; give the folder `resel sweep --out` wrote (or a folder of "
+                                "`resel train` run folders)")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for report.md, report.csv and the plots")
+    manifest = Manifest.load(sweep_dir)
+    runs, skipped = find_runs(sweep_dir, manifest)
     if not runs:
-        raise FileNotFoundError(f"no run in {sweep_dir} has logged anything yet (looked for */config.yaml, metrics.csv)")
+        why = "; ".join(f"{name}: {reason}" for name, reason in skipped[:5]) or "no */config.yaml"
+        raise FileNotFoundError(f"no usable run in {sweep_dir} ({why}); point resel report at a sweep folder or a "
+                                "folder of `resel train` run folders")
     steps = sorted(set(steps or (r.target_steps for r in runs)))
     out = Path(out) if out is not None else sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.load(sweep_dir)
     failed = sum(rec.status == "failed" for rec in manifest.trials.values()) if manifest else 0
     cells = aggregate(runs, steps)
-    report = Report(runs, steps, cells, out / "report.md", out / "report.csv", failed=failed)
+    report = Report(runs, steps, cells, out / "report.md", out / "report.csv", failed=failed, skipped=skipped)
     _write_csv(report)
     _write_markdown(report, sweep_dir)
     for env in sorted({r.env for r in runs}):
@@ -181,6 +253,8 @@ def _write_markdown(report: Report, sweep_dir: Path) -> None:
         f"# Sweep report: {sweep_dir.resolve()}", "",
         f"{len(runs)} runs ({report.finished} finished, {len(runs) - report.finished} running) over {len(envs)} "
         f"tasks{failed}.",
+        *([f"Skipped {len(report.skipped)} run folders (not in any cell):", "",
+           *(f"- {name}: {reason}" for name, reason in report.skipped), ""] if report.skipped else []),
         "Cells: mean ± standard error of eval_return over seeds (n seeds) at each step (the last evaluation at or "
         "below it). Paper: RESeL's final return at the paper's step budget.", "",
         markdown_table(report), "",

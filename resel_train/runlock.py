@@ -21,10 +21,16 @@ class RunLocked(RuntimeError):
 
 
 class RunLock:
-    """Held from :meth:`acquire` until :meth:`release` (or until the process exits)."""
+    """Held from :meth:`acquire` until :meth:`release` (or until the process exits).
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK_FILE
+    ``name`` and ``why`` serve other one-writer folders (a sweep's driver: ``sweep.lock``); ``why`` ends the
+    refusal message, saying what two writers would break.
+    """
+
+    def __init__(self, run_dir: Path, name: str = LOCK_FILE,
+                 why: str = "two processes on one run folder would overwrite each other's checkpoints") -> None:
+        self.path = Path(run_dir) / name
+        self.why = why
         self._fd: int | None = None
         self.previous_holder: str | None = None  # set when a stale lock of a dead process was taken over
 
@@ -36,8 +42,7 @@ class RunLock:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise RunLocked(
-                f"{self.path.parent} is in use by {holder}; wait for that run to finish or stop it "
-                "(two processes on one run folder would overwrite each other's checkpoints)"
+                f"{self.path.parent} is in use by {holder}; wait for it to finish or stop it ({self.why})"
             ) from None
         old = os.pread(fd, 200, 0).decode(errors="replace").strip()
         self.previous_holder = old or None

@@ -52,8 +52,6 @@ from torch import Tensor, nn
 from resel_train.checkpoint import CheckpointError, load_checkpoint, nonfinite_weights, policy_from_checkpoint
 from resel_train.nets.policy import Policy, categorical_action
 
-STATE_IN_PREFIX, STATE_OUT_PREFIX = "state_in.", "state_out."
-
 
 @dataclass(frozen=True)
 class StateSpec:

@@ -29,8 +29,11 @@ except ImportError as exc:
 import resel_train
 from resel_train.checkpoint import CheckpointError
 from resel_train.config import config_to_dict
+from resel_train.runlock import RunLock
 from resel_train.sweep import Manifest, SweepGrid, Trial, TrialRecord, plan_trials, record_for, run_trial, trial_state
 from resel_train.trainer import CHECKPOINT
+
+SWEEP_LOCK = "sweep.lock"
 
 
 @dataclass
@@ -76,9 +79,28 @@ _remote_trial = ray.remote(_trial_task)
 
 def run_sweep(sweep_dir: str | Path, grid: SweepGrid | None, options: SweepOptions,
               console: Console | None = None) -> SweepResult:
-    """Run (or continue) the sweep in ``sweep_dir``; ``grid`` None reuses the manifest's grid."""
+    """Run (or continue) the sweep in ``sweep_dir``; ``grid`` None reuses the manifest's grid.
+
+    One driver per sweep folder: ``sweep.lock`` (a kernel flock, free when its holder dies) is taken before the
+    manifest is read, so a second driver is refused naming the holder; :class:`~resel_train.runlock.RunLocked`.
+    """
     console = console or Console()
     sweep_dir = Path(sweep_dir).resolve()
+    lock = _lock(sweep_dir) if sweep_dir.is_dir() else None  # a new folder is locked once the grid is checked
+    try:
+        return _run_locked(sweep_dir, grid, options, console, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock(sweep_dir: Path) -> RunLock:
+    return RunLock(sweep_dir, SWEEP_LOCK, "two drivers on one sweep would run its trials twice and overwrite "
+                                          "each other's sweep.json").acquire()
+
+
+def _run_locked(sweep_dir: Path, grid: SweepGrid | None, options: SweepOptions, console: Console,
+                lock: RunLock | None) -> SweepResult:
     manifest = Manifest.load(sweep_dir)
     grid = grid or (manifest.grid if manifest else None)
     if grid is None:
@@ -110,6 +132,11 @@ def run_sweep(sweep_dir: str | Path, grid: SweepGrid | None, options: SweepOptio
         else:
             todo.append(trial)
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    if lock is None:
+        lock = _lock(sweep_dir)
+        if Manifest.load(sweep_dir) is not None:  # another driver created this sweep meanwhile: start again
+            lock.release()
+            return run_sweep(sweep_dir, grid, options, console)
     manifest.save(sweep_dir)
     console.print(f"sweep {sweep_dir}: {len(trials)} trials, {len(selected)} selected, "
                   f"{len(result.skipped)} already finished, {len(todo)} to run")
@@ -134,12 +161,27 @@ def _select(trials: list[Trial], manifest: Manifest, options: SweepOptions) -> l
                          f"e.g. {next(iter(by_id))}")
     chosen = [by_id[i] for i in options.only] if options.only else trials
     if options.retry_failed:
-        chosen = [t for t in chosen if manifest.trials[t.id].status == "failed"]
+        chosen = [t for t in chosen if manifest.trials[t.id].status in ("failed", "lost")]
     return chosen
 
 
 def _fail(rec: TrialRecord, error: str, traceback: str | None) -> None:
     rec.status, rec.error, rec.traceback, rec.updated = "failed", error, traceback, time.time()
+
+
+def _lose(rec: TrialRecord, trial: Trial, reason: str, traceback: str) -> None:
+    """Mark a trial whose worker or node died: status lost, the step its checkpoint holds (where a rerun resumes)."""
+    try:
+        rec.env_steps = trial_state(trial.run_dir, trial.config.steps).env_steps
+    except (OSError, CheckpointError):  # the run folder is not visible here: keep the last reported step
+        pass
+    rec.status, rec.updated, rec.traceback = "lost", time.time(), traceback
+    rec.error = f"{reason}; a rerun resumes it from step {rec.env_steps}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:200]
 
 
 def _runtime_env() -> dict[str, Any]:
@@ -209,6 +251,15 @@ def _execute(todo: list[Trial], manifest: Manifest, sweep_dir: Path, options: Sw
             manifest.save(sweep_dir)
             console.print("interrupted: the trials keep their checkpoints; run the same command again to resume")
             raise
+        except RayError as exc:  # the node holding the driver's Ray (or the progress board) died
+            reason = f"the Ray node it ran on died ({_first_line(exc)})"
+            for trial in pending.values():
+                _lose(manifest.trials[trial.id], trial, reason, str(exc))
+                result.failed.append(trial.id)
+            manifest.save(sweep_dir)
+            console.print(f"[red]Ray lost a node[/] ({escape(_first_line(exc))}): {len(pending)} unfinished trials are "
+                          f"marked lost in {sweep_dir / 'sweep.json'}; they keep their checkpoints: run the same "
+                          "command again to resume them", soft_wrap=True)
     finally:
         if started_ray:
             ray.shutdown()
@@ -224,9 +275,9 @@ def _collect(ref: Any, trial: Trial, manifest: Manifest, sweep_dir: Path, displa
         result.failed.append(trial.id)
         display.event(f"[red]failed[/] {escape(trial.id)}: {escape(rec.error)}")
     except RayError as exc:  # the worker or node died more often than --max-retries
-        _fail(rec, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}", str(exc))
+        _lose(rec, trial, f"its Ray worker or node died ({_first_line(exc)})", str(exc))
         result.failed.append(trial.id)
-        display.event(f"[red]failed[/] {escape(trial.id)}: {escape(rec.error)}")
+        display.event(f"[red]lost[/] {escape(trial.id)}: {escape(rec.error)}")
     else:
         rec.status, rec.updated = "finished", time.time()
         for key in ("env_steps", "eval_return", "resumed_from", "node"):
@@ -282,7 +333,7 @@ class _Display:
         changed = False
         for trial_id, row in rows.items():
             rec = self.manifest.trials.get(trial_id)
-            if rec is None or rec.status in ("finished", "failed"):
+            if rec is None or rec.status in ("finished", "failed", "lost"):
                 continue
             changed |= rec.status != "running"
             rec.status, rec.env_steps, rec.node = "running", row["env_steps"], row["node"]
@@ -317,5 +368,5 @@ def _print_summary(manifest: Manifest, ids: list[str], console: Console) -> None
     console.print("trials: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     for trial_id in ids:
         rec = manifest.trials[trial_id]
-        if rec.status == "failed":
-            console.print(f"  [red]failed[/] {escape(trial_id)}: {escape(rec.error or '')}")
+        if rec.status in ("failed", "lost"):
+            console.print(f"  [red]{rec.status}[/] {escape(trial_id)}: {escape(rec.error or '')}")

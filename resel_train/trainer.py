@@ -14,6 +14,7 @@ without saving over the last good checkpoint.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -44,7 +45,7 @@ from resel_train.graphed_update import GraphedUpdate
 from resel_train.guard import DivergenceGuard, TrainingDiverged
 from resel_train.logger import RunLogger
 from resel_train.nets.policy import Policy, gumbel_noise
-from resel_train.runlock import RunLock
+from resel_train.runlock import RunLock, RunLocked
 from resel_train.stepwise import StepwisePolicy
 
 
@@ -245,6 +246,8 @@ class Trainer:
             {"log_alpha": self.agent.log_alpha},
         )
         self.saved_step: int | None = None  # env_steps of the unit on disk
+        self._unit_on_disk: tuple[int, int, int] | None = None  # the checkpoint.pt this trainer wrote or read
+        self._saving_step: int | None = None  # env_steps of a save in progress
         self._wall_base, self._clock = 0.0, None  # wall time of earlier processes; perf_counter at train()
         self._stop_signal: int | None = None
         self.last_eval_success: float | None = None  # tasks whose env reports info["success"] (Key-to-Door)
@@ -280,6 +283,7 @@ class Trainer:
         """
         callback = CallbackList(default_callbacks(self.cfg) if callbacks is None else callbacks)
         try:
+            self._check_unit_is_ours()
             with _StopOnSignals(self):
                 return self._train(show_progress, callback)
         finally:
@@ -442,17 +446,54 @@ class Trainer:
         })
 
     # ---- checkpoints -----------------------------------------------------------------------------
+    def _checkpoint_identity(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.run_dir / CHECKPOINT)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _check_unit_is_ours(self) -> None:
+        """Refuse to train over a checkpoint that another process wrote while this trainer held no lock (between
+        two ``learn`` calls): continuing from the state in memory would silently undo that process's work."""
+        if self._checkpoint_identity() == self._unit_on_disk:
+            return
+        path = self.run_dir / CHECKPOINT
+        now = f"at step {load_checkpoint(path)['counters']['env_steps']}" if path.exists() else "gone"
+        raise RunLocked(f"{self.run_dir} was changed by another model or process since this one last saved it (its "
+                        f"checkpoint is {now}, this model is at step {self.env_steps}); load the run again "
+                        "(RESeL.load or --resume) instead of training over it")
+
+    def kept(self) -> str:
+        """What the run folder holds if the process stops now (for the messages of a failed save or a second signal)."""
+        path = self.run_dir / CHECKPOINT
+        last = ("nothing was saved" if self.saved_step is None
+                else f"the last good checkpoint {path} (step {self.saved_step}) is kept")
+        if self._saving_step is None:
+            return last
+        return f"{last}, or step {self._saving_step} if the save in progress had committed (a save is all or nothing)"
+
     def save(self) -> Path:
         """Replace the run's checkpoint + replay unit atomically (see checkpoint.py); refuses a diverged state.
 
         A step already on disk is not written again (nothing changes between saves at one step).
         """
         self.guard.check(self.env_steps)
+        self._check_unit_is_ours()
         if self.saved_step == self.env_steps:
             return self.run_dir / CHECKPOINT
         replay = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
                   for k, v in self.prefetch.replay_state(self.buffer).items()}
-        path = save_run_state(self.run_dir, {
+        self._saving_step = self.env_steps
+        try:
+            path = self._write_unit(replay)
+            self.saved_step, self._unit_on_disk = self.env_steps, self._checkpoint_identity()
+        finally:
+            self._saving_step = None
+        return path
+
+    def _write_unit(self, replay: dict) -> Path:
+        return save_run_state(self.run_dir, {
             "model": self.model_spec(),
             "config": config_to_dict(self.cfg),
             "policy": self.agent.policy.state_dict(),
@@ -466,8 +507,6 @@ class Trainer:
                 "python": random.getstate(), "collect": self.collect_generator.get_state(),
             },
         }, {"replay": replay}, self.env_steps)
-        self.saved_step = self.env_steps
-        return path
 
     def _restore(self, saved: dict) -> None:
         replay = load_replay(self.run_dir, saved)
@@ -481,7 +520,7 @@ class Trainer:
         self.env_steps = int(saved["counters"]["env_steps"])
         self.episodes = int(saved["counters"]["episodes"])
         self._wall_base = float(saved["counters"].get("wall_s", 0.0))
-        self.saved_step = self.env_steps
+        self.saved_step, self._unit_on_disk = self.env_steps, self._checkpoint_identity()
         torch.set_rng_state(saved["rng"]["torch"])
         self.rng.bit_generator.state = saved["rng"]["numpy"]
         random.setstate(saved["rng"]["python"])
@@ -490,8 +529,8 @@ class Trainer:
 
 class _StopOnSignals:
     """While training: the first SIGINT/SIGTERM asks the loop to stop after its current step and save;
-    a second one stops the process at once (saves are atomic, so that loses at most that last save).
-    Only installed from the main thread (Python delivers signals there)."""
+    a second one stops the process at once (saves are atomic, so that loses at most that last save), after
+    printing what the run folder keeps. Only installed from the main thread (Python delivers signals there)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -501,6 +540,8 @@ class _StopOnSignals:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.trainer._stop_signal is not None:
+            name = signal.Signals(signum).name
+            os.write(2, f"second {name}: stopping at once; {self.trainer.kept()}; continue it with --resume\n".encode())
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         self.trainer._stop_signal = signum
