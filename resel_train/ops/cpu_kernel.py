@@ -111,20 +111,19 @@ def _try_load() -> tuple[ctypes.CDLL | None, str | None]:
         return None, f"loading the CPU kernels from {path} failed ({exc})"
 
 
+# (pointer arguments, int64 arguments) of each exported function of cpu_ops.c
+_SIGNATURES = {
+    "resel_scan_forward": (9, 6), "resel_scan_backward": (16, 6),
+    "resel_conv_forward": (7, 5), "resel_conv_backward": (10, 5),
+    "resel_gru_forward": (7, 4), "resel_gru_backward": (10, 4),
+}
+
+
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.resel_scan_forward.argtypes = [p] * 9 + [i] * 6
-    lib.resel_scan_forward.restype = None
-    lib.resel_scan_backward.argtypes = [p] * 16 + [i] * 6
-    lib.resel_scan_backward.restype = None
-    lib.resel_conv_forward.argtypes = [p] * 7 + [i] * 5
-    lib.resel_conv_forward.restype = None
-    lib.resel_conv_backward.argtypes = [p] * 10 + [i] * 5
-    lib.resel_conv_backward.restype = None
-    lib.resel_gru_forward.argtypes = [p] * 7 + [i] * 4
-    lib.resel_gru_forward.restype = None
-    lib.resel_gru_backward.argtypes = [p] * 10 + [i] * 4
-    lib.resel_gru_backward.restype = None
+    for name, (pointers, ints) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * ints
+        fn.restype = None
     return lib
 
 
