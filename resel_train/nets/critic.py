@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resel_train.nets.encoders import State, make_encoder
 from resel_train.nets.inputs import HistoryEmbedding, xavier_init
+from resel_train.ops.activations import elu
 
 
 class EnsembleLinear(nn.Module):
@@ -45,9 +45,9 @@ def ensemble_mlp(x: Tensor, layers: list[tuple[Tensor, Tensor]]) -> Tensor:
     (w, b), *middle, (w_last, b_last) = layers
     m, in_dim, out_dim = w.shape
     h = torch.addmm(b.reshape(m * out_dim), x, w.transpose(0, 1).reshape(in_dim, m * out_dim))
-    h = F.elu(h.view(x.shape[0], m, out_dim).transpose(0, 1))
+    h = elu(h).view(x.shape[0], m, out_dim).transpose(0, 1)
     for w, b in middle:
-        h = F.elu(torch.baddbmm(b, h, w))
+        h = elu(torch.baddbmm(b, h, w))
     if w_last.shape[-1] == 1:
         return (h * w_last.transpose(1, 2)).sum(-1, keepdim=True) + b_last
     return torch.baddbmm(b_last, h, w_last)

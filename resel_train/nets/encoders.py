@@ -22,6 +22,7 @@ from resel_train.nets.mamba import MambaBlock
 from resel_train.nets.s5 import S5Layer
 from resel_train.nets.segments import segment_layout
 from resel_train.ops import cpu_kernel
+from resel_train.ops.activations import elu
 
 State = tuple[Tensor, ...]
 ENCODER_KINDS = ("mamba", "gru", "lstm", "s5", "mlp")
@@ -41,9 +42,9 @@ class ContextEncoder(nn.Module):
 
     def embed_input(self, x: Tensor) -> Tensor:
         """The MLP before the memory core (every layer ELU-activated)."""
-        h = F.elu(self.input(x))
+        h = elu(self.input(x))
         for layer in self.input_more:
-            h = F.elu(layer(h))
+            h = elu(layer(h))
         return h
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
@@ -63,11 +64,11 @@ class ContextEncoder(nn.Module):
         if state is None:
             state = self.initial_state(x_seq.shape[0], x_seq.device, x_seq.dtype)
         h, state = self._core(self.embed_input(x_seq), resets, state)
-        return self.output(F.elu(h)), state
+        return self.output(elu(h)), state
 
     def step(self, x_t: Tensor, reset_t: Tensor, state: State) -> tuple[Tensor, State]:
         h, state = self._core_step(self.embed_input(x_t), reset_t, state)
-        return self.output(F.elu(h)), state
+        return self.output(elu(h)), state
 
 
 class MambaEncoder(ContextEncoder):

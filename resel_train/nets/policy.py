@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from resel_train.nets.encoders import State, make_encoder
 from resel_train.nets.inputs import HistoryEmbedding, xavier_init
+from resel_train.ops.activations import ELU
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -40,8 +41,8 @@ class Policy(nn.Module):
         self.encoder = make_encoder(encoder, self.embedding.out_dim, embed, hidden, **(encoder_kwargs or {}))
         self.head_obs = nn.Linear(obs_dim, embed)
         self.head = nn.Sequential(
-            nn.Linear(2 * embed, hidden), nn.ELU(),
-            nn.Linear(hidden, hidden), nn.ELU(),
+            nn.Linear(2 * embed, hidden), ELU(),
+            nn.Linear(hidden, hidden), ELU(),
             nn.Linear(hidden, act_dim if discrete else 2 * act_dim),
         )
         xavier_init(self)

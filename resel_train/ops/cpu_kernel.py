@@ -5,7 +5,9 @@ materialises the (L, batch, d_state, d_inner) state history several times per ca
 sizes RESeL trains on a CPU that memory traffic (and the dispatch of hundreds of small ops) costs
 5-10x the arithmetic. The scan kernel walks each (batch, channel) row once with its state in
 registers (the forward 16 channels at a time). The reset-aware causal conv is the same story at a
-smaller scale: a masked multiply-add per tap in tensor ops, one short loop per row here. The GRU
+smaller scale: a masked multiply-add per tap in tensor ops, one short loop per row here. ELU, the
+activation of every MLP, is there too: torch's CPU ELU costs ~3x a vectorised exp, and its backward
+recomputes that exp, where the output alone gives the derivative. The GRU
 has no fused reset-aware CPU path in torch (``nn.GRU`` runs ~10 ops per time step there, forward
 and backward); here it is one loop per batch row over the time steps.
 
@@ -116,6 +118,7 @@ _SIGNATURES = {
     "resel_scan_forward": (9, 6), "resel_scan_backward": (16, 6),
     "resel_conv_forward": (7, 5), "resel_conv_backward": (10, 5),
     "resel_gru_forward": (7, 4), "resel_gru_backward": (10, 4),
+    "resel_elu_forward": (2, 1), "resel_elu_backward": (3, 1),
 }
 
 
@@ -251,3 +254,17 @@ def gru_backward(lib: ctypes.CDLL, w_hh: Tensor, reset: Tensor | None, h0: Tenso
 
     _run_split(part, ranges)
     return dgi, dw_t.sum(0).t(), db.sum(0), dh0
+
+
+def elu_forward(lib: ctypes.CDLL, x: Tensor) -> Tensor:
+    """ELU(x) (alpha 1) of a contiguous float32 tensor."""
+    y = torch.empty_like(x)
+    lib.resel_elu_forward(_ptr(x), _ptr(y), x.numel())
+    return y
+
+
+def elu_backward(lib: ctypes.CDLL, y: Tensor, dy: Tensor) -> Tensor:
+    """The gradient of ELU at the input whose output is ``y``, given ``dy`` (both contiguous float32)."""
+    dx = torch.empty_like(y)
+    lib.resel_elu_backward(_ptr(y), _ptr(dy), _ptr(dx), y.numel())
+    return dx
