@@ -41,6 +41,7 @@ def parameter_groups(net: nn.Module, lr_other: float, lr_encoder: float) -> list
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over the transition slots (``mask`` 1), so padding never counts in a loss."""
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
@@ -75,9 +76,11 @@ class UpdateNoise:
                               for f in fields(self)})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> UpdateNoise:
+        """The same draws on ``device``."""
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> UpdateNoise:
+        """A copy in page-locked host memory (an asynchronous copy to a GPU needs it)."""
         return self._map(lambda t: t.pin_memory())
 
     def padded(self, rows: int, length: int) -> UpdateNoise:
@@ -155,6 +158,7 @@ class RESeL(nn.Module):
 
     @property
     def alpha(self) -> Tensor:
+        """The entropy temperature: exp(log_alpha), or the fixed value when ``algo.fixed_alpha`` is set."""
         return self._fixed_alpha if self._fixed_alpha is not None else self.log_alpha.exp().detach()
 
     def _history(self, batch: Batch) -> tuple:
@@ -254,6 +258,7 @@ class RESeL(nn.Module):
         }
 
     def load_training_state(self, state: dict) -> None:
+        """Restore what :meth:`training_state` saved (optimisers, generator, step count), on this device."""
         self.policy_opt.load_state_dict(state["policy_opt"])
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.alpha_opt.load_state_dict(state["alpha_opt"])

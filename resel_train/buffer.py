@@ -68,6 +68,7 @@ class Batch:
     next_view = staticmethod(next_view)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The same batch on ``device``."""
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
                         for f in fields(self)})
 
@@ -87,6 +88,7 @@ class Batch:
 
     @property
     def num_transitions(self) -> int:
+        """Transitions in the batch (slots with mask 1; padding and final-observation slots excluded)."""
         return int(self.mask.sum().item())
 
 
@@ -141,6 +143,7 @@ class TrajectoryBuffer:
 
     @property
     def num_trajectories(self) -> int:
+        """Whole trajectories stored."""
         return self._n_traj
 
     @property

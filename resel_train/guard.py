@@ -30,6 +30,7 @@ class DivergenceGuard:
         self._pending: list[tuple[int, list[str], torch.Tensor]] = []
 
     def observe(self, step: int, metrics: Mapping[str, float | torch.Tensor]) -> None:
+        """Queue this step's metrics; they are checked for NaN/inf on the next :meth:`check` (no host sync now)."""
         if not metrics:
             return
         names = list(metrics)

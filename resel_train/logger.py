@@ -68,6 +68,7 @@ class RunLogger:
                 self._tb.add_scalar(tb_tag(key), value, int(row["step"]))
 
     def close(self) -> None:
+        """Flush and close the CSV and TensorBoard writers."""
         self._file.close()
         self._tb.close()
 

@@ -36,6 +36,7 @@ class ContinuousCartPoleEnv(CartPoleEnv):
         self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
 
     def step(self, action):
+        """Apply a force in [-1, 1] (scaled to the cart's force magnitude) for one time step."""
         assert self.state is not None, "Call reset before using step method."
         a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
         force = self.force_mag * a

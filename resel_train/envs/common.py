@@ -52,6 +52,7 @@ class QuietReset(gym.Wrapper):
     """Runs ``reset`` with C-level stdout silenced (PyBullet connects its client on the first reset)."""
 
     def reset(self, **kwargs: Any):
+        """The wrapped env's reset with its C-level output silenced."""
         with silenced_c_output():
             return self.env.reset(**kwargs)
 
@@ -80,6 +81,7 @@ class Float32Observation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs
         )
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
+        """The kept entries, as float32."""
         return np.asarray(observation, dtype=np.float32)[self.indices]
 
 
@@ -109,6 +111,7 @@ class DefaultSeed(gym.Wrapper, gym.utils.RecordConstructorArgs):
             self.action_space.seed(seed)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Reset; the first call without a seed uses the default seed (later ones continue the stream)."""
         if seed is None and self._default_seed is not None:
             seed, self._default_seed = self._default_seed, None
         return self.env.reset(seed=seed, options=options)

@@ -105,6 +105,7 @@ class KeyToDoorEnv(gym.Env):
 
     # --- gymnasium API -------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start in the key room without the key."""
         super().reset(seed=seed)
         self.t = 0
         self.has_key = False
@@ -113,6 +114,7 @@ class KeyToDoorEnv(gym.Env):
         return self._observation(), self._info()
 
     def step(self, action):
+        """Move one cell (0..3: up, down, left, right); the phases change at fixed step counts."""
         action = int(action)
         if not 0 <= action < 4:
             raise ValueError(f"action must be in 0..3, got {action}")

@@ -104,6 +104,7 @@ class MetaEpisodes(gym.Wrapper):
         return np.append(np.asarray(obs, dtype=np.float32), np.float32(flag))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Draw the next task from the split's pool (seeded by ``seed``) and start its first inner episode."""
         self.pool.seed(seed)
         self.task = float(self.pool.draw())
         obs, info = self.env.reset(seed=seed, options=options)
@@ -112,6 +113,7 @@ class MetaEpisodes(gym.Wrapper):
         return self._with_flag(obs, 0.0), info
 
     def step(self, action):
+        """One step with the task's reward; an inner episode that ends before the horizon restarts the inner env."""
         obs, _, terminated, truncated, info = self.env.step(action)
         reward = self.reward_fn(self.task, np.asarray(action), info)
         self._t += 1
@@ -175,6 +177,7 @@ class WindEnv(gym.Env):
         self.position = np.zeros(2)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Draw a wind from the split's pool and put the agent back at the origin."""
         super().reset(seed=seed)
         self.pool.seed(seed)
         self.task = np.asarray(self.pool.draw(), dtype=np.float64)
@@ -182,6 +185,7 @@ class WindEnv(gym.Env):
         return self.position.astype(np.float32), {"task": self.task.copy()}
 
     def step(self, action):
+        """Move by the clipped action plus the wind; reward 1 inside the goal circle."""
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -WIND_MAX_ACTION, WIND_MAX_ACTION)
         self.position = self.position + a + self.task
         reward = 1.0 if np.linalg.norm(self.position - self.goal) <= self.goal_radius else 0.0

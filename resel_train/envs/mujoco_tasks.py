@@ -66,6 +66,7 @@ class GravityWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._opt.gravity[:] = gravity
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Draw the episode's gravity scale from the split's pool, then reset the simulator."""
         self.pool.seed(seed)
         self._set_scale(self.pool.draw())
         obs, info = self.env.reset(seed=seed, options=options)
@@ -73,6 +74,7 @@ class GravityWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return obs, info
 
     def step(self, action):
+        """The simulator's step, with the episode's gravity scale in ``info``."""
         obs, reward, terminated, truncated, info = self.env.step(action)
         info["gravity_scale"] = self.gravity_scale
         return obs, reward, terminated, truncated, info

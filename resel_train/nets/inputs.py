@@ -19,6 +19,7 @@ class HistoryEmbedding(nn.Module):
         self.out_dim = embed * (4 if reward_as_input else 3)
 
     def forward(self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None) -> Tensor:
+        """The per-input projections, concatenated: (..., out_dim)."""
         parts = [self.obs(obs), self.prev_obs(prev_obs), self.prev_act(prev_act)]
         if self.prev_rew is not None:
             parts.append(self.prev_rew(prev_rew))

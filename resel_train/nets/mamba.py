@@ -57,6 +57,7 @@ class Mamba(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> MambaState:
+        """Zero state: the conv window (batch, d_inner, d_conv - 1) and the SSM state (batch, d_inner, d_state)."""
         return (
             torch.zeros(batch, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
             torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=dtype),
@@ -137,6 +138,7 @@ class MambaBlock(nn.Module):
         return self.ff_norm(h + self.ff_out(F.gelu(self.ff_in(h))))
 
     def forward(self, x: Tensor, reset: Tensor | None, state: MambaState | None = None) -> tuple[Tensor, MambaState]:
+        """x (b, L, d_model) -> the block's output and the mixer's final state."""
         y, state = self.mixer(self.norm(x), reset, state)
         return self._feed_forward(x + y), state
 

@@ -72,6 +72,7 @@ class S5SSM(nn.Module):
         self.log_step = nn.Parameter(log_dt)
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> S5State:
+        """Zero state: the real and imaginary parts, (batch, d_state) each."""
         zeros = torch.zeros(batch, self.d_state, device=device, dtype=dtype)
         return zeros, zeros.clone()
 
@@ -128,9 +129,11 @@ class S5Layer(nn.Module):
         return x + y * torch.sigmoid(self.gate(y))
 
     def forward(self, x: Tensor, resets: Tensor, state: S5State) -> tuple[Tensor, S5State]:
+        """x (batch, L, H) -> the gated residual output and the SSM's last state."""
         y, state = self.ssm(self.norm(x), resets, state)
         return self._mix(x, y), state
 
     def step(self, x: Tensor, reset: Tensor, state: S5State) -> tuple[Tensor, S5State]:
+        """One step of :meth:`forward`: x (batch, H)."""
         y, state = self.ssm.step(self.norm(x), reset, state)
         return self._mix(x, y), state

@@ -29,6 +29,7 @@ class ELU(nn.Module):
     """``nn.ELU()`` through :func:`elu` (no parameters: state dicts are unchanged)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        """ELU of ``x``."""
         return elu(x)
 
 
