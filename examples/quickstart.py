@@ -9,7 +9,7 @@ from resel import RESeL
 from resel_train.envs import make_env
 
 model = RESeL("Pendulum-P", preset="cpu", out="runs/quickstart")
-model.learn(8000, progress_bar=True)                  # env steps in total; learn(16000) would continue
+model.learn(8000, progress_bar=True)                  # 8000 env steps; each learn() call trains more
 model.save("runs/quickstart/pendulum.pt")
 
 model = RESeL.load("runs/quickstart/pendulum.pt")
