@@ -24,7 +24,9 @@ try:
     import ray
     from ray.exceptions import RayError, RayTaskError
 except ImportError as exc:
-    raise ImportError('`resel sweep` needs Ray: pip install "resel[ray]"') from exc
+    from resel_deploy.extras import install_hint
+
+    raise ImportError(f"`resel sweep` needs Ray: {install_hint('ray')}") from exc
 
 import resel_train
 from resel_train.checkpoint import CheckpointError
