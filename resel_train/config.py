@@ -131,7 +131,7 @@ PRESET_HELP: dict[str, str] = {
 
 
 # Learning rates, batch and step budget by task family; "classic" (small POMDPs) borrows
-# the PyBullet-POMDP rates. "cpu" is a 2-core-friendly preset: see README for what it changes.
+# the PyBullet-POMDP rates. "cpu" is a 2-core-friendly preset: docs/config.md lists what it changes.
 _FAMILY_PRESETS: dict[str, dict[str, Any]] = {
     "mujoco": {"steps": 5_000_000, "algo": dict(policy_lr=6e-5, critic_lr=2e-4, encoder_lr=2e-6, batch_size=2000)},
     "pybullet": {"steps": 1_500_000, "algo": dict(policy_lr=3e-4, critic_lr=1e-3, encoder_lr=1e-5, batch_size=2000)},
