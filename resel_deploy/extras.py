@@ -16,6 +16,7 @@ EXTRAS: dict[str, str] = {
     "triton": "Triton: the GPU scan kernel; CUDA machine",
     "mamba": "mamba-ssm: the reference CUDA kernels; CUDA machine, add --no-build-isolation",
     "tensorrt": "TensorRT: engines; NVIDIA GPU and a CUDA build of torch",
+    "wandb": "Weights & Biases: logger.wandb=true",
 }
 
 

@@ -9,6 +9,7 @@ and in docs/config.md.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 from collections.abc import Mapping
@@ -59,6 +60,12 @@ class AlgoConfig:
 
 
 @dataclass
+class LoggerConfig:
+    wandb: bool = False  # also log every row to Weights & Biases (the wandb extra)
+    wandb_project: str = "resel"
+
+
+@dataclass
 class TrainConfig:
     env: str = "Pendulum-V"
     preset: str = "auto"  # auto: by task family; or one of PRESETS
@@ -76,6 +83,7 @@ class TrainConfig:
     out: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 # One line of help per config field (dotted key): `resel config show` and docs/config.md print it.
@@ -116,6 +124,8 @@ FIELD_HELP: dict[str, str] = {
     "algo.target_entropy": "Entropy target of alpha's update; null: -act_dim.",
     "algo.max_log_alpha": "Upper bound of log(alpha).",
     "algo.fixed_alpha": "A fixed entropy temperature instead of a learned one (discrete tasks: 0.2); null: learned.",
+    "logger.wandb": "Also log every metrics row to Weights & Biases (needs the wandb extra; WANDB_MODE=offline works).",
+    "logger.wandb_project": "The Weights & Biases project the run is logged to.",
 }
 
 PRESET_HELP: dict[str, str] = {
@@ -379,7 +389,7 @@ def get_path(cfg: Any, path: str) -> Any:
 
 
 # Keys a resume may change: a larger step budget and settings that do not alter the learning.
-RESUME_SAFE = ("steps", "threads", "log_every", "checkpoint_every", "out")
+RESUME_SAFE = ("steps", "threads", "log_every", "checkpoint_every", "out", "logger.wandb", "logger.wandb_project")
 
 
 def resume_config(stored: TrainConfig, requested: TrainConfig, keys: list[str] | None = None) -> TrainConfig:
@@ -444,6 +454,10 @@ def validate_config(cfg: TrainConfig) -> None:
     episode = task_info(cfg.env).max_episode_steps
     need(cfg.replay_capacity >= episode, "replay_capacity",
          f"at least one whole episode of {cfg.env} ({episode} transitions)")
+    if cfg.logger.wandb and importlib.util.find_spec("wandb") is None:  # refused before the run folder exists
+        from resel_deploy.extras import install_hint
+
+        raise ImportError(f"logger.wandb=true needs wandb: {install_hint('wandb')}")
 
 
 def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
