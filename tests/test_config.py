@@ -149,3 +149,13 @@ def test_train_help_lists_every_preset_with_a_line():
     assert result.exit_code == 0
     for name in ("auto", *PRESETS):
         assert f"- {name}: " in result.output, name
+
+
+def test_a_sweep_with_set_preset_cpu_plans_cpu_sized_trials(gpu, tmp_path):
+    """The case that showed the bug: `resel sweep --set preset=cpu` trained paper-size models."""
+    from resel_train.sweep import SweepGrid, plan_trials
+
+    trials = plan_trials(SweepGrid(["Walker2d-gravity"], 2, overrides=["preset=cpu"]), tmp_path, 1)
+    flag = resolve_config("Walker2d-gravity", "cpu", seed=1, out=str(tmp_path.resolve()), threads=1)
+    assert [t.config.preset for t in trials] == ["cpu", "cpu"]
+    assert asdict(trials[1].config) == asdict(flag)
