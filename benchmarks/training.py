@@ -187,7 +187,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--force", action="store_true")
     p.add_argument("--summary-only", action="store_true")
-    p.add_argument("--tag", default="", help="suffix of the result files, e.g. _lrce3e-4 for a variant")
+    p.add_argument("--tag", default="", help="suffix of the result files, e.g. _encoder_lr3e-4 for a variant")
     t = sub.add_parser("throughput")
     t.add_argument("--env", default="Pendulum-V")
     t.add_argument("--updates", type=int, default=100)

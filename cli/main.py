@@ -84,36 +84,44 @@ def cli_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@app.command()
+def _presets_epilog() -> str:
+    """The presets, one line each, under ``resel train --help`` (from the one table in resel_train.config)."""
+    from resel_train.config import preset_lines
+
+    return "Presets (--preset, or preset in --config / --set):\n\n" + "\n\n".join(f"- {line}" for line in preset_lines())
+
+
+@app.command(epilog=_presets_epilog())
 @cli_errors
 def train(
     env: Annotated[str, typer.Option(help="Task id (see `resel envs`).")],
-    steps: Annotated[Optional[int], typer.Option(help="Environment steps (default: the preset's).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="The run's total environment steps (default: the preset's); "
+                                                      "with --resume, a larger total extends the run.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     encoder: Annotated[Optional[Encoder], typer.Option(help="Context encoder.")] = None,
-    preset: Annotated[str, typer.Option(help="auto: the task family's paper preset on a CUDA GPU, its cpu "
-                                             "variant without one; or mujoco, pybullet, gravity, meta, classic, "
-                                             "keydoor, cpu (2-core friendly; see README)")] = "auto",
+    preset: Annotated[str, typer.Option(help="auto, or a preset listed below; auto defers to a preset named in "
+                                             "--config or --set.")] = "auto",
     out: Annotated[Optional[str], typer.Option(help="Parent folder of the run folder.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="TOML/YAML file of config values.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any field, e.g. algo.batch_size=500")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any field, e.g. algo.batch_size=500 "
+                                                      "(`resel config show` lists them).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in the run folder.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train RESeL on a task; writes checkpoint.pt, metrics.csv and TensorBoard logs to the run folder."""
     from resel.api import RESeL
-    from resel_train.config import auto_preset_note, parse_overrides
+    from resel_train.config import auto_preset_note, load_config_file
     from resel_train.guard import TrainingDiverged
     from resel_train.trainer import TrainingInterrupted
 
-    overrides = parse_overrides(set_ or [])
-    overrides.update({k: v for k, v in (("steps", steps), ("model.encoder", encoder.value if encoder else None))
-                      if v is not None})
-    model = RESeL(env, preset, seed if seed is not None else 0, out if out is not None else "runs",
-                  device or "auto", config=config, resume=resume, **overrides)
+    flags = {k: v for k, v in (("steps", steps), ("model.encoder", encoder.value if encoder else None))
+             if v is not None}
+    model = RESeL(env, preset, seed, out, device, config=config, set=set_ or [], resume=resume, **flags)
     trainer = model.trainer
-    if preset == "auto" and trainer.cfg.preset == "cpu" and not resume:
+    named = preset != "auto" or any(i.partition("=")[0].strip() == "preset" for i in set_ or []) or (
+        config is not None and "preset" in load_config_file(config))
+    if not named and trainer.cfg.preset == "cpu" and not resume:
         console.print(auto_preset_note(env))
     if trainer.lock.previous_holder:
         console.print(f"took over the stale lock of a process that is gone ({trainer.lock.previous_holder})")
@@ -122,8 +130,8 @@ def train(
     c = trainer.cfg
     again = f"resel train --env {c.env} --out {c.out} --seed {c.seed} --encoder {c.model.encoder} --resume"
     try:
-        if model.num_timesteps < c.steps:  # a resumed run that already reached its steps has nothing to do
-            model.learn(c.steps, progress_bar=progress)
+        if model.run_timesteps < c.steps:  # --steps is the run's total: a resume trains what is left
+            model.learn(c.steps - model.run_timesteps, progress_bar=progress, reset_num_timesteps=False)
         else:
             trainer.lock.release()
     except OSError as exc:  # e.g. the disk filled up during a save: the unit on disk is still whole
@@ -141,9 +149,33 @@ def train(
         _fail(ValueError(f"{exc}; stopped without saving: {trainer.kept()}. Lower the learning rates, or resume "
                          f"from that checkpoint ({again})"), EXIT_DIVERGED)
     success = trainer.last_eval_success
-    console.print(f"done: {model.num_timesteps} steps, last eval return {trainer.last_eval}"
+    console.print(f"done: {model.run_timesteps} steps, last eval return {trainer.last_eval}"
                   + ("" if success is None else f", success rate {success:.0%}"))
     console.print(f"checkpoint: {trainer.run_dir / 'checkpoint.pt'}")
+
+
+config_app = typer.Typer(help="Inspect the training config.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+@cli_errors
+def config_show(
+    env: Annotated[str, typer.Option(help="Task id (see `resel envs`).")],
+    preset: Annotated[str, typer.Option(help="As `resel train --preset`.")] = "auto",
+    config: Annotated[Optional[Path], typer.Option(help="TOML/YAML file of config values.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any field, e.g. algo.batch_size=500")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+) -> None:
+    """Print the config `resel train` would use with these options: every key, its value and its help."""
+    from resel_train.config import field_rows, resolve_config, validate_config
+
+    cfg = resolve_config(env, preset, config, set_ or [], device=device)
+    validate_config(cfg)
+    table = Table("key", "type", "value", "help")
+    for key, kind, value, text in field_rows(cfg):
+        table.add_row(key, kind, "null" if value is None else str(value), text)
+    show(table)
 
 
 class Backend(str, Enum):

@@ -25,9 +25,9 @@ def main() -> None:
 
     existing = (Path(args.out) / f"{args.env}_mamba_s0" / "checkpoint.pt").exists()
     model = RESeL(args.env, preset="cpu", out=args.out, resume=existing)
-    if model.num_timesteps < args.steps:
-        model.learn(args.steps, progress_bar=True)
-    print(f"trained {model.num_timesteps} steps in {model.run_dir}; last eval return {model.trainer.last_eval}")
+    if model.run_timesteps < args.steps:  # --steps is the run's total, as in `resel train --steps`
+        model.learn(args.steps - model.run_timesteps, progress_bar=True)
+    print(f"trained {model.run_timesteps} steps in {model.run_dir}; last eval return {model.trainer.last_eval}")
 
     report = model.export(model.run_dir / "policy.onnx")
     print(f"exported {report.path} (opset {report.opset}); max |onnx - torch| = {report.max_abs_error:.2e}")

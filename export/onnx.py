@@ -52,13 +52,14 @@ import numpy as np
 import torch
 
 from resel_deploy.artifacts import FORMAT, FORMAT_VERSION, INPUT_NAMES, STATE_IN, STATE_OUT, decode_metadata
+from resel_deploy.extras import install_hint
 from resel_train.atomic import atomic_write
 from resel_train.stepwise import StepwisePolicy
 
 OPSET = 18
 OUTPUT_NAMES = ("action", "action_mean", "action_log_std")
 DISCRETE_OUTPUT_NAMES = ("action", "action_logits", "action_log_probs")
-ORT_INSTALL_HINT = "pip install 'resel[onnx]'  (onnx, onnxruntime, onnxscript)"
+ORT_INSTALL_HINT = install_hint("onnx")
 
 
 class ExportError(RuntimeError):

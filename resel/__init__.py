@@ -4,8 +4,9 @@
     model.learn(8000)
     model.save("p.pt")
 
-Names are imported lazily (PEP 562), so ``import resel`` and its torch-free subpackages never load
-torch by themselves; ``resel.RESeL`` and the callbacks do, on first use.
+``import resel`` registers every task with Gymnasium (``gymnasium.make("resel/Pendulum-P-v0",
+split="test")``). Names are imported lazily (PEP 562), so ``import resel`` and its torch-free
+subpackages never load torch by themselves; ``resel.RESeL`` and the callbacks do, on first use.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-# ``resel.export`` and ``resel.cli`` live in the repository's top-level export/ and cli/ folders (the
-# layout of the design card); an installed wheel puts them under resel/ (pyproject's package-dir). In a
-# source checkout (run with PYTHONPATH or installed editable), let the subpackages resolve from the root.
+import resel_train.envs  # noqa: F401  (registers the resel/<id>-v0 Gymnasium ids; torch-free)
+
+# ``resel.export`` and ``resel.cli`` live in the repository's top-level export/ and cli/ folders; an installed
+# wheel puts them under resel/ (pyproject's package-dir). In a source checkout (run with PYTHONPATH or
+# installed editable), let the subpackages resolve from the root.
 _ROOT = Path(__file__).resolve().parent.parent
 if (_ROOT / "pyproject.toml").is_file() and (_ROOT / "export" / "__init__.py").is_file():
     __path__.append(str(_ROOT))  # noqa: F821  (the package's own search path)

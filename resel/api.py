@@ -1,7 +1,7 @@
 """``RESeL``: train, save, load, predict and export in the Stable-Baselines3 style, through the one Trainer.
 
     model = RESeL("Pendulum-P", preset="cpu")          # creates the run folder runs/Pendulum-P_mamba_s0/
-    model.learn(8000)                                   # env steps in total; learn(16000) continues to 16000
+    model.learn(8000)                                   # 8000 env steps; learn(8000) again trains 8000 more
     model.save("p.pt")                                  # a checkpoint every `resel` command accepts
     model = RESeL.load("p.pt")
     state, start = None, True
@@ -33,10 +33,10 @@ from resel_train.callbacks import BaseCallback, with_defaults
 from resel_train.checkpoint import CHECKPOINT, load_checkpoint, referenced_replay
 from resel_train.config import (
     TrainConfig,
-    apply_overrides,
     config_from_dict,
     flat_keys,
     load_config_file,
+    parse_overrides,
     resolve_config,
 )
 from resel_train.runlock import RunLocked
@@ -64,38 +64,42 @@ def _one_thread_at_a_time(method: Callable[..., Any]) -> Callable[..., Any]:
             self._busy.release()
 
     return wrapper
-_PARAMETERS = ("env", "preset")  # config keys that are RESeL's own arguments
 
 
 class RESeL:
     """A RESeL agent on one task, backed by a :class:`~resel_train.trainer.Trainer` and its run folder.
 
-    ``RESeL(env_id, preset="auto", seed=0, out="runs", device="auto", **overrides)``: ``preset`` as
+    ``RESeL(env_id, preset="auto", seed=None, out=None, device=None, **overrides)``: ``preset`` as
     in ``resel train --preset`` (auto: the task family's paper preset when training on a CUDA GPU,
-    its ``cpu`` variant otherwise; ``model.trainer.cfg.preset`` says which); the run folder is
-    ``<out>/<env_id>_<encoder>_s<seed>/`` (or ``run_dir=``), created here. ``overrides`` are config
-    keys, dotted (``**{"algo.batch_size": 128}``) or as section dicts (``algo={"batch_size": 128}``);
-    an unknown key or a wrong type raises ValueError naming it. ``config=``: a TOML/YAML file of
-    config values, applied before ``overrides``. ``resume=True`` continues the run already in the
-    run folder (then only the keys given here are compared with the run's, as ``resel train --resume`` does).
+    its ``cpu`` variant otherwise; ``model.config.preset`` says which); the run folder is
+    ``<out>/<env_id>_<encoder>_s<seed>/`` (or ``run_dir=``), created here. ``seed``, ``out`` and
+    ``device`` left at None take the config file's or ``overrides``' value, else 0, ``"runs"`` and
+    ``"auto"``. ``overrides`` are config keys, dotted (``**{"algo.batch_size": 128}``) or as section
+    dicts (``algo={"batch_size": 128}``); an unknown key or a wrong type raises ValueError naming it.
+    ``config=``: a TOML/YAML file of config values (it may name a ``preset``), applied before
+    ``overrides``; ``set=``: ``resel train --set`` strings (``["algo.batch_size=128", "seed=3"]``),
+    applied with ``overrides``. The order is that of :func:`~resel_train.config.resolve_config`: preset
+    -> per-task overrides -> file -> set/overrides -> these arguments. ``resume=True`` continues the
+    run already in the run folder (then only the keys given here are compared with the run's, as
+    ``resel train --resume`` does).
     """
 
-    def __init__(self, env_id: str, preset: str = "auto", seed: int = 0, out: str | Path = "runs",
-                 device: str = "auto", *, config: str | Path | None = None, resume: bool = False,
-                 run_dir: str | Path | None = None, **overrides: Any) -> None:
+    def __init__(self, env_id: str, preset: str = "auto", seed: int | None = None, out: str | Path | None = None,
+                 device: str | None = None, *, config: str | Path | None = None, set: list[str] | None = None,
+                 resume: bool = False, run_dir: str | Path | None = None, **overrides: Any) -> None:
         _check_type("env_id", env_id, str)
         _check_type("preset", preset, str)
-        _check_type("seed", seed, int)
-        _check_type("out", out, (str, Path))
-        _check_type("device", device, str)
+        _check_type("seed", seed, (int, type(None)))
+        _check_type("out", out, (str, Path, type(None)))
+        _check_type("device", device, (str, type(None)))
         _check_type("resume", resume, bool)
-        for key in overrides:
-            if key.split(".")[0] in _PARAMETERS:
-                raise ValueError(f"config key {key!r} is an argument of RESeL(): pass env_id=/preset= instead")
-        cfg = resolve_config(env_id, preset, config, seed=seed, out=str(out), device=device)
-        apply_overrides(cfg, overrides)
-        requested = flat_keys(overrides) + (flat_keys(load_config_file(config)) if config else [])
-        requested += [k for k, v, default in (("device", device, "auto"), ("preset", preset, "auto")) if v != default]
+        _check_type("set", set, (list, type(None)))
+        values = {**parse_overrides(set or []), **overrides}
+        cfg = resolve_config(env_id, preset, config, values, seed=seed, out=None if out is None else str(out),
+                             device=device)
+        requested = flat_keys(values) + (flat_keys(load_config_file(config)) if config else [])
+        requested += [k for k, v in (("seed", seed), ("out", out), ("device", device)) if v is not None]
+        requested += ["preset"] if preset != "auto" else []
         try:
             trainer = Trainer(cfg, run_dir=run_dir, resume=resume, requested_keys=requested)
         except FileExistsError as exc:
@@ -113,6 +117,7 @@ class RESeL:
         self._rng = np.random.default_rng(seed)  # noise of stochastic predict()
         self._stepwise: StepwisePolicy | None = None
         self._busy, self._busy_with = threading.RLock(), ""
+        self._counter_start = 0  # run_timesteps where num_timesteps restarted (learn(reset_num_timesteps=True))
 
     # ---- loading ------------------------------------------------------------------------------
     @classmethod
@@ -174,7 +179,14 @@ class RESeL:
 
     @property
     def num_timesteps(self) -> int:
-        """Environment steps trained so far (over every learn call and resume)."""
+        """Environment steps as Stable-Baselines3 reports them: since the start of the last ``learn`` call
+        made with ``reset_num_timesteps=True`` (the default); before any such call, :attr:`run_timesteps`."""
+        return self.run_timesteps - self._counter_start
+
+    @property
+    def run_timesteps(self) -> int:
+        """The run's own step counter: every environment step since the run began, over every learn call,
+        resume and load; it never goes back (checkpoints and metrics rows are named by it)."""
         if self._trainer is not None:
             return self._trainer.env_steps
         return int(self._loaded["counters"]["env_steps"])
@@ -191,35 +203,35 @@ class RESeL:
 
     # ---- training -----------------------------------------------------------------------------
     @_one_thread_at_a_time
-    def learn(self, total_steps: int, callbacks: BaseCallback | Iterable[BaseCallback] | None = None,
-              progress_bar: bool = False, reset_num_timesteps: bool = False) -> RESeL:
-        """Train until ``total_steps`` environment steps in total, then save the run; returns self.
+    def learn(self, total_timesteps: int, callbacks: BaseCallback | Iterable[BaseCallback] | None = None,
+              progress_bar: bool = False, reset_num_timesteps: bool = True) -> RESeL:
+        """Train ``total_timesteps`` more environment steps, then save the run; returns self.
 
-        Calling ``learn`` again continues where the last call stopped (same replay, optimisers and
-        counters): ``learn(8000); learn(16000)`` trains 16000 steps. ``reset_num_timesteps=True``
-        counts ``total_steps`` from now instead (``learn(8000); learn(8000, reset_num_timesteps=True)``
-        also ends at 16000); unlike SB3 the step counter itself never restarts, because it names the
-        run's checkpoints and metrics rows. ``callbacks`` are added to the defaults (evaluation every
+        As in Stable-Baselines3, every call trains that many steps more, continuing where the last
+        call stopped (same replay, optimisers and counters): ``learn(10_000); learn(10_000,
+        reset_num_timesteps=False)`` trains 20,000 steps. ``reset_num_timesteps`` decides only what
+        :attr:`num_timesteps` reports: True (the default) restarts it from 0 at this call, False keeps
+        counting. The run's own step counter (:attr:`run_timesteps`, which names checkpoints and the
+        rows of metrics.csv) never goes back. ``callbacks`` are added to the defaults (evaluation every
         ``eval_every``, a checkpoint every ``checkpoint_every`` steps); one of class
         :class:`~resel_train.callbacks.EvalCallback` or ``CheckpointCallback`` replaces that default.
-        A total below ``warmup_steps`` is refused (no update would run). Ctrl-C saves and raises
-        :class:`~resel_train.trainer.TrainingInterrupted`.
+        A call that would end the run before ``warmup_steps`` is refused (no update would run).
+        Ctrl-C saves and raises :class:`~resel_train.trainer.TrainingInterrupted`.
         """
-        _check_type("total_steps", total_steps, int)
+        _check_type("total_timesteps", total_timesteps, int)
         _check_type("progress_bar", progress_bar, bool)
         _check_type("reset_num_timesteps", reset_num_timesteps, bool)
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1; got {total_steps}")
+        if total_timesteps < 1:
+            raise ValueError(f"total_timesteps must be >= 1; got {total_timesteps}")
         trainer = self.trainer
         chain = with_defaults(trainer.cfg, callbacks)
-        target = trainer.env_steps + total_steps if reset_num_timesteps else total_steps
-        if target <= trainer.env_steps:
-            raise ValueError(f"total_steps={total_steps} is not above num_timesteps={trainer.env_steps}: learn() "
-                             "counts environment steps in total; pass a larger total, or reset_num_timesteps=True "
-                             "to train that many more")
+        target = trainer.env_steps + total_timesteps
         if target < trainer.cfg.warmup_steps:  # as `resel train --steps`; a run saved so would not resume
-            raise ValueError(f"total_steps={total_steps} ends before the warm-up of {trainer.cfg.warmup_steps} random "
-                             "steps (no update would run); train at least that far")
+            raise ValueError(f"total_timesteps={total_timesteps} ends the run at step {target}, before the warm-up "
+                             f"of {trainer.cfg.warmup_steps} random steps (no update would run); train at least "
+                             f"{trainer.cfg.warmup_steps - trainer.env_steps} steps")
+        if reset_num_timesteps:
+            self._counter_start = trainer.env_steps
         for c in chain:
             c.init_callback(trainer, self)
         if not trainer.lock.held:  # the previous train() released it
@@ -376,7 +388,7 @@ class RESeL:
         return (action[0] if single else action), new_state
 
     def __repr__(self) -> str:
-        return f"RESeL(env_id={self.env_id!r}, num_timesteps={self.num_timesteps}, run_dir={self.run_dir})"
+        return f"RESeL(env_id={self.env_id!r}, run_timesteps={self.run_timesteps}, run_dir={self.run_dir})"
 
 
 def _check_type(name: str, value: Any, types: type | tuple[type, ...]) -> None:
@@ -385,7 +397,8 @@ def _check_type(name: str, value: Any, types: type | tuple[type, ...]) -> None:
     else:
         ok = isinstance(value, types)
     if not ok:
-        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        names = " or ".join("None" if t is type(None) else t.__name__
+                            for t in (types if isinstance(types, tuple) else (types,)))
         raise TypeError(f"{name} must be {names}; got {type(value).__name__} {value!r:.60}")
 
 

@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from resel_deploy.extras import install_hint
+
 FORMAT = "resel-stepwise"
 FORMAT_VERSION = 1
 ENGINE_FORMAT = "resel-stepwise-tensorrt"  # the JSON sidecar of a TensorRT engine
-ORT_INSTALL_HINT = "pip install 'resel[deploy]'  (numpy + onnxruntime)"
+ORT_INSTALL_HINT = install_hint("deploy")
 INPUT_NAMES = ("obs", "prev_reward", "is_first", "noise")  # the graph's inputs, then STATE_IN + each state name
 STATE_IN, STATE_OUT = "state_in.", "state_out."  # prefixes of the state tensors the graph reads and writes
 _REEXPORT = "the file was modified after export; export it again with `resel export`"

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from resel_deploy.artifacts import validate_metadata
+from resel_deploy.extras import install_hint
 
-TRT_INSTALL_HINT = "pip install 'resel[tensorrt]' on a machine with an NVIDIA GPU and a CUDA build of torch"
+TRT_INSTALL_HINT = install_hint("tensorrt")
 
 
 @dataclass
@@ -143,7 +144,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise ImportError("backend='onnxruntime' needs onnxruntime: pip install 'resel[onnx]'") from exc
+            raise ImportError(f"backend='onnxruntime' needs onnxruntime: {install_hint('deploy')}") from exc
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = inter_threads

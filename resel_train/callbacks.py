@@ -7,7 +7,8 @@ the update that follows it) ``on_episode_end(return)`` when an episode just ende
 
 Inside a callback, ``self.trainer`` is the :class:`~resel_train.trainer.Trainer` (``env_steps``,
 ``last_eval``, ``agent``, ``cfg``, ...), ``self.model`` the :class:`resel.RESeL` when training runs
-through it (else None) and ``self.num_timesteps`` the environment steps so far.
+through it (else None) and ``self.num_timesteps`` the run's environment steps so far (its own counter,
+``RESeL.run_timesteps``, which ``learn(reset_num_timesteps=True)`` does not restart).
 
 Without a ``callbacks`` argument the trainer runs :func:`default_callbacks`: an
 :class:`EvalCallback` and a :class:`CheckpointCallback` configured from ``cfg.eval_every``,

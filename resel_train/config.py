@@ -1,14 +1,18 @@
 """Typed training configuration, per-family presets and overrides from files and the CLI.
 
 Resolution order: preset for the task family -> per-task overrides -> config file -> ``--set``
-overrides -> explicit CLI flags. The resolved config is saved next to every checkpoint.
+overrides -> explicit CLI flags (see :func:`resolve_config`). The resolved config is saved next to
+every checkpoint. Each field's one line of help is :data:`FIELD_HELP`, shown by ``resel config show``
+and in docs/config.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,12 @@ class AlgoConfig:
 
 
 @dataclass
+class LoggerConfig:
+    wandb: bool = False  # also log every row to Weights & Biases (the wandb extra)
+    wandb_project: str = "resel"
+
+
+@dataclass
 class TrainConfig:
     env: str = "Pendulum-V"
     preset: str = "auto"  # auto: by task family; or one of PRESETS
@@ -73,10 +83,65 @@ class TrainConfig:
     out: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+# One line of help per config field (dotted key): `resel config show` and docs/config.md print it.
+FIELD_HELP: dict[str, str] = {
+    "env": "Task id (see `resel envs`); set by --env / RESeL(env_id).",
+    "preset": "Preset the config started from: a task family's paper preset, or cpu (auto picks one).",
+    "seed": "Random seed of the networks, the replay sampling and the environments.",
+    "steps": "The run's total environment steps (a resume may raise it).",
+    "warmup_steps": "Random-action steps before the first update.",
+    "eval_every": "Evaluate the deterministic policy every this many environment steps.",
+    "eval_episodes": "Episodes per evaluation, on the held-out (test) tasks.",
+    "checkpoint_every": "Save checkpoint.pt (and its replay file) every this many environment steps.",
+    "log_every": "Write a metrics.csv / TensorBoard row every this many environment steps.",
+    "replay_capacity": "Transitions the replay buffer holds (whole episodes; the oldest go first).",
+    "device": "Where training runs: auto (CUDA if present), cpu, cuda or cuda:N.",
+    "threads": "torch CPU threads; 0 keeps torch's default.",
+    "cuda_graphs": "On CUDA, replay each update as a captured CUDA graph (same numbers, less launch overhead).",
+    "out": "Parent folder of the run folder <out>/<env>_<encoder>_s<seed>/.",
+    "model.encoder": "Context encoder: mamba, gru, lstm, s5, or mlp (no memory).",
+    "model.n_blocks": "Mamba blocks (S5: layers) stacked in the context encoder.",
+    "model.d_state": "State size: per channel for Mamba, complex modes per layer for S5.",
+    "model.d_conv": "Width of Mamba's causal short convolution (1: none).",
+    "model.expand": "Mamba's inner width as a multiple of hidden.",
+    "model.dt_rank": "Rank of Mamba's input-dependent step size projection.",
+    "model.embed": "Width of the context embedding the encoder hands to the policy or critic.",
+    "model.hidden": "Width of the hidden layers (encoder MLP and core, policy and critic heads).",
+    "model.n_critics": "Critic heads in the ensemble (REDQ: targets use a random pair).",
+    "model.input_layers": "Layers of the MLP in front of the memory core.",
+    "algo.policy_lr": "Adam learning rate of the policy's MLP layers.",
+    "algo.critic_lr": "Adam learning rate of the critic's MLP layers.",
+    "algo.encoder_lr": "Adam learning rate of both context encoders (kept small for stable training).",
+    "algo.alpha_lr": "Adam learning rate of the entropy temperature alpha.",
+    "algo.gamma": "Discount factor.",
+    "algo.tau": "Polyak rate of the target critic.",
+    "algo.batch_size": "Transitions per update (drawn as whole sequences, padded and masked).",
+    "algo.policy_delay": "Update the policy and alpha every this many critic updates.",
+    "algo.update_every": "Environment steps per critic update (1: one update per step).",
+    "algo.target_entropy": "Entropy target of alpha's update; null: -act_dim.",
+    "algo.max_log_alpha": "Upper bound of log(alpha).",
+    "algo.fixed_alpha": "A fixed entropy temperature instead of a learned one (discrete tasks: 0.2); null: learned.",
+    "logger.wandb": "Also log every metrics row to Weights & Biases (needs the wandb extra; WANDB_MODE=offline works).",
+    "logger.wandb_project": "The Weights & Biases project the run is logged to.",
+}
+
+PRESET_HELP: dict[str, str] = {
+    "auto": "the task family's paper preset when training on a CUDA GPU, its cpu variant without one",
+    "mujoco": "MuJoCo locomotion with the full state (HalfCheetah, Hopper, Walker2d, Ant, Humanoid): 5M steps",
+    "pybullet": "PyBullet locomotion POMDPs (-P positions, -V velocities only): 1.5M steps, larger rates",
+    "gravity": "MuJoCo dynamics generalization (changed gravity): 2M steps, batch 1000",
+    "meta": "meta-RL tasks that feed the previous reward to the policy (AntDir, Wind, ...): batch 1000",
+    "classic": "Pendulum and CartPole, full state or -P/-V POMDPs: 100k steps",
+    "keydoor": "Key-to-Door credit assignment: 3-layer input MLP, no short conv, fixed alpha 0.2",
+    "cpu": "the task family's preset at a 2-core size: width 64, d_state 16, batch 256, larger learning rates",
+}
 
 
 # Learning rates, batch and step budget by task family; "classic" (small POMDPs) borrows
-# the PyBullet-POMDP rates. "cpu" is a 2-core-friendly preset: see README for what it changes.
+# the PyBullet-POMDP rates. "cpu" is a 2-core-friendly preset: docs/config.md lists what it changes.
 _FAMILY_PRESETS: dict[str, dict[str, Any]] = {
     "mujoco": {"steps": 5_000_000, "algo": dict(policy_lr=6e-5, critic_lr=2e-4, encoder_lr=2e-6, batch_size=2000)},
     "pybullet": {"steps": 1_500_000, "algo": dict(policy_lr=3e-4, critic_lr=1e-3, encoder_lr=1e-5, batch_size=2000)},
@@ -108,45 +173,77 @@ _TASK_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
+# Config keys that are also CLI flags / RESeL() arguments. In a config file or --set they take part in the
+# same order as every other key (file -> --set -> flag); ``env`` must agree with the task asked for.
+ARGUMENT_KEYS = ("env", "preset", "seed", "out", "device")
+
+
 def resolve_config(
     env: str,
     preset: str = "auto",
     config_file: str | Path | None = None,
-    overrides: list[str] | None = None,
+    overrides: list[str] | Mapping[str, Any] | None = None,
     **flags: Any,
 ) -> TrainConfig:
     """Build the full config for ``env``; ``flags`` with value None are ignored (unset CLI options).
 
-    Types are checked here; ranges by :func:`validate_config`, which the trainer runs on the config
-    it will use (on a resume: the run's stored config with the requested changes).
+    The order, later wins: the preset -> per-task overrides -> the config file -> ``overrides``
+    (``--set``: ``key=value`` strings or a mapping) -> ``flags``. The preset itself is the last
+    one named among the file, ``overrides`` and ``preset`` (``"auto"`` names none), so a preset in a
+    file or ``--set preset=cpu`` is applied, not just recorded. An ``env`` key must agree with
+    ``env``. Types are checked here; ranges by :func:`validate_config`, which the trainer runs on
+    the config it will use (on a resume: the run's stored config with the requested changes).
     """
     from resel_train.envs import task_info
 
     info = task_info(env)
-    cfg = TrainConfig(env=env)
-    device = flags.get("device") or parse_overrides(overrides or []).get("device") or cfg.device
-    family = resolve_preset(preset, info.family, str(device))
-    if family == "cpu":
-        _apply(cfg, _FAMILY_PRESETS[info.family])
-        _apply(cfg, CPU_PRESET)
-        _apply(cfg, _CPU_FAMILY_MODEL.get(info.family, {}))
-    elif family in _FAMILY_PRESETS:
-        _apply(cfg, _FAMILY_PRESETS[family])
-    else:
-        raise ValueError(f"unknown preset {preset!r}; choose 'auto' or one of {PRESETS}")
-    cfg.preset = family
+    stages: list[tuple[str, dict[str, Any]]] = []
+    if config_file is not None:
+        stages.append((f"config file {config_file}", load_config_file(config_file)))
+    values = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    stages.append(("--set (overrides)", values))
+    named = [("--preset (RESeL's preset=)", preset)] + [(where, data["preset"]) for where, data in reversed(stages)
+                                              if "preset" in data]
+    for where, data in stages:
+        if "env" in data and data["env"] != env:
+            raise ValueError(f"config key 'env' = {data['env']!r} in {where} disagrees with the task {env!r} given "
+                             "by --env (RESeL's env_id); drop one of the two")
+    for where, value in named:
+        if not isinstance(value, str):
+            raise ValueError(f"config key 'preset' in {where} must be a preset name, got {value!r}; "
+                             f"choose 'auto' or one of {PRESETS}")
+    source, chosen = next(((w, v) for w, v in named if v != "auto"), ("--preset", "auto"))
+    device = flags.get("device") or next((d["device"] for _, d in reversed(stages) if d.get("device")), "auto")
+    family = resolve_preset(chosen, info.family, str(device))
+    if family not in PRESETS:
+        raise ValueError(f"unknown preset {chosen!r} (from {source}); choose 'auto' or one of {PRESETS}")
+    cfg = preset_config(family, info.family)
+    cfg.env = env
     if family != "cpu":
         _apply(cfg, _TASK_OVERRIDES.get(env, {}))
     elif env in ("Hopper", "Hopper-gravity"):
         cfg.algo.target_entropy = 0.0
     if info.discrete:
         cfg.algo.fixed_alpha = 0.2
-    if config_file is not None:
-        _apply(cfg, load_config_file(config_file))
-    apply_overrides(cfg, parse_overrides(overrides or []))
+    for _, data in stages:
+        _apply(cfg, {k: v for k, v in data.items() if k not in ("env", "preset")})
     for key, value in flags.items():
         if value is not None:
             _set_path(cfg, key, value)
+    return cfg
+
+
+def preset_config(preset: str, family: str) -> TrainConfig:
+    """The config a preset gives a task of ``family`` before per-task settings (``"cpu"``: the family's
+    preset made 2-core sized); the one place presets are applied (``resolve_config``, docs/config.md)."""
+    cfg = TrainConfig()
+    if preset == "cpu":
+        _apply(cfg, _FAMILY_PRESETS[family])
+        _apply(cfg, CPU_PRESET)
+        _apply(cfg, _CPU_FAMILY_MODEL.get(family, {}))
+    else:
+        _apply(cfg, _FAMILY_PRESETS[preset])
+    cfg.preset = preset
     return cfg
 
 
@@ -182,7 +279,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} must look like key=value, e.g. algo.batch_size=500")
-        values[key.strip()] = yaml.safe_load(value)
+        values[key.strip()] = _load_yaml(value, f"--set {item!r}")
     return values
 
 
@@ -195,23 +292,77 @@ def apply_overrides(cfg: TrainConfig, values: dict[str, Any]) -> None:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or YAML config (nested tables for ``model`` and ``algo``); errors name the file."""
+    """Read a TOML or YAML config (nested tables for ``model`` and ``algo``); errors name the file.
+
+    A key given twice is refused (TOML refuses it by itself; YAML would silently keep the last one).
+    """
     path = Path(path)
     if path.suffix not in (".toml", ".yaml", ".yml"):
         raise ValueError(f"config file {path} must end in .toml, .yaml or .yml")
     if path.is_dir():
         raise ValueError(f"config file {path} is a directory; pass a .toml or .yaml file")
     text = path.read_text()
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        kind = "TOML" if path.suffix == ".toml" else "YAML"
-        raise ValueError(f"config file {path} is not valid {kind}: {' '.join(str(exc).split())}") from None
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid TOML: {' '.join(str(exc).split())}") from None
+        except RecursionError:
+            raise ValueError(f"config file {path} is nested too deeply to read; a config has two levels") from None
+    else:
+        data = _load_yaml(text, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a table of keys, got a {type(data).__name__}")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _load_yaml(text: str, where: str) -> Any:
+    """YAML ``text`` with duplicate keys refused; every error is one ValueError naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ValueError(f"{where} is nested too deeply to read; a config has two levels") from None
+
+
+def field_rows(cfg: TrainConfig) -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, value in ``cfg``, one line of help) for every field, in declaration order."""
+    rows = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                key = f"{prefix}{f.name}"
+                rows.append((key, str(f.type).replace(" ", ""), value, FIELD_HELP[key]))
+
+    walk(cfg, "")
+    return rows
+
+
+def preset_lines() -> list[str]:
+    """``name: what it is`` for ``auto`` and every preset (``resel train --help``, docs)."""
+    return [f"{name}: {PRESET_HELP[name]}" for name in ("auto", *PRESETS)]
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -238,7 +389,7 @@ def get_path(cfg: Any, path: str) -> Any:
 
 
 # Keys a resume may change: a larger step budget and settings that do not alter the learning.
-RESUME_SAFE = ("steps", "threads", "log_every", "checkpoint_every", "out")
+RESUME_SAFE = ("steps", "threads", "log_every", "checkpoint_every", "out", "logger.wandb", "logger.wandb_project")
 
 
 def resume_config(stored: TrainConfig, requested: TrainConfig, keys: list[str] | None = None) -> TrainConfig:
@@ -303,6 +454,10 @@ def validate_config(cfg: TrainConfig) -> None:
     episode = task_info(cfg.env).max_episode_steps
     need(cfg.replay_capacity >= episode, "replay_capacity",
          f"at least one whole episode of {cfg.env} ({episode} transitions)")
+    if cfg.logger.wandb and importlib.util.find_spec("wandb") is None:  # refused before the run folder exists
+        from resel_deploy.extras import install_hint
+
+        raise ImportError(f"logger.wandb=true needs wandb: {install_hint('wandb')}")
 
 
 def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:

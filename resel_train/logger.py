@@ -1,15 +1,19 @@
-"""Run logs a person can read: a CSV of every logged row plus TensorBoard events, and PNG curves."""
+"""Run logs a person can read: a CSV of every logged row plus TensorBoard events (and, with
+``logger.wandb=true``, Weights & Biases), and PNG curves."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from resel_deploy.extras import install_hint
 from resel_train.atomic import atomic_write
 
 COLUMNS = (
@@ -45,7 +49,9 @@ class RunLogger:
 
     ``start_step``: the step the run (re)starts from. Rows after it -- logged by a process that was
     stopped before its next checkpoint -- are cut first (an atomic rewrite), and TensorBoard purges
-    its events after it, so a resumed run logs each step exactly once.
+    its events after it, so a resumed run logs each step exactly once. With ``logger.wandb`` in
+    ``config`` the rows also go to Weights & Biases, under the same tags as TensorBoard, in a W&B run
+    named after the run folder (resumed with it; W&B keeps the first copy of a step logged twice).
     """
 
     def __init__(self, run_dir: Path, start_step: int = 0, config: dict | None = None) -> None:
@@ -57,20 +63,42 @@ class RunLogger:
         if config is not None:  # the resolved config in TensorBoard's HParams tab, beside the eval return
             for summary in hparams(flat_hparams(config), {tb_tag("eval_return"): float("nan")}):
                 self._tb.file_writer.add_summary(summary)
+        self._wandb = open_wandb(run_dir, config) if (config or {}).get("logger", {}).get("wandb") else None
 
     def log(self, row: dict) -> None:
         """Write one row; values may be floats, ints, None or 0-d tensors (read here, once per row)."""
         row = {k: (None if v is None else float(v)) for k, v in row.items()}
         self._csv.writerow({k: ("" if row.get(k) is None else _cell(k, row[k])) for k in COLUMNS})
         self._file.flush()
-        for key, value in row.items():
-            if key != "step" and value is not None:
-                self._tb.add_scalar(tb_tag(key), value, int(row["step"]))
+        scalars = {tb_tag(k): v for k, v in row.items() if k != "step" and v is not None}
+        for tag, value in scalars.items():
+            self._tb.add_scalar(tag, value, int(row["step"]))
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=int(row["step"]))
 
     def close(self) -> None:
         """Flush and close the CSV and TensorBoard writers."""
         self._file.close()
         self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def open_wandb(run_dir: Path, config: dict[str, Any]) -> Any:
+    """A W&B run for ``run_dir``: named after the folder, with an id derived from its absolute path so
+    that a resume continues the same W&B run; its files go to ``run_dir/wandb``. Errors are one line."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError(f"logger.wandb=true needs wandb: {install_hint('wandb')}") from None
+    key = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:8]
+    try:
+        return wandb.init(project=config["logger"]["wandb_project"], name=run_dir.name, id=f"{run_dir.name}-{key}",
+                          resume="allow", dir=str(run_dir), config=config, reinit="finish_previous")
+    except Exception as exc:  # noqa: BLE001  (wandb raises its own types: not logged in, no network, ...)
+        raise RuntimeError(f"logger.wandb: wandb.init failed ({' '.join(str(exc).split())}); run `wandb login`, "
+                           "or set WANDB_MODE=offline to keep the W&B log in the run folder") from None
 
 
 def _cell(key: str, value: float) -> float | int:

@@ -4,7 +4,7 @@ Ray core tasks give what a sweep needs: per-trial CPUs and (fractional) GPUs, re
 worker or node dies (the retried task resumes from the trial's checkpoint), and placement across
 nodes. Progress comes from each trial through a small actor, so the driver needs no view of the
 run folders to show it; the run folders themselves must be on a filesystem every node shares
-(see README) for resumes across nodes and for `resel report`.
+(docs/scale-out.md) for resumes across nodes and for `resel report`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ try:
     import ray
     from ray.exceptions import RayError, RayTaskError
 except ImportError as exc:
-    raise ImportError('`resel sweep` needs Ray: pip install "resel[ray]"') from exc
+    from resel_deploy.extras import install_hint
+
+    raise ImportError(f"`resel sweep` needs Ray: {install_hint('ray')}") from exc
 
 import resel_train
 from resel_train.checkpoint import CheckpointError

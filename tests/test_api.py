@@ -201,30 +201,41 @@ def test_stop_on_reward_threshold_stops_at_the_first_evaluation(tmp_path):
     assert model.num_timesteps == 20 and model.trainer.last_eval_step == 20
 
 
-def test_learn_twice_continues_and_load_continues_from_the_saved_state(tmp_path):
+def test_learn_trains_that_many_more_steps_each_call_as_in_sb3(tmp_path):
     model = tiny(tmp_path / "run", eval_every=10**6, log_every=10)
     model.learn(WARMUP + 2)
     updates = model.trainer.agent.critic_steps
-    model.learn(WARMUP + 6)
-    assert model.num_timesteps == WARMUP + 6 and model.trainer.agent.critic_steps == updates + 4
+    model.learn(4, reset_num_timesteps=False)  # SB3: 4 more, the reported counter keeps counting
+    assert model.run_timesteps == WARMUP + 6 and model.num_timesteps == WARMUP + 6
+    assert model.trainer.agent.critic_steps == updates + 4
     with open(model.run_dir / "metrics.csv") as f:  # each step once: log_every, plus each learn's last step
         assert [int(float(r["step"])) for r in csv.DictReader(f)] == [10, 20, 30, 40, 50, 60, 70, 77, 80, 81]
-    model.learn(4, reset_num_timesteps=True)
-    assert model.num_timesteps == WARMUP + 10
-    with pytest.raises(ValueError, match="total_steps=5 is not above num_timesteps"):
-        model.learn(5)
+    model.learn(4)  # reset_num_timesteps=True (the default): the reported counter restarts, the run's does not
+    assert model.num_timesteps == 4 and model.run_timesteps == WARMUP + 10
+    assert load_checkpoint(model.run_dir / "checkpoint.pt")["counters"]["env_steps"] == WARMUP + 10
     path = model.save(tmp_path / "m.pt", include_replay=True)
     # the uninterrupted continuation vs the same from the loaded file: identical next step
-    expected = model.learn(WARMUP + 12).trainer.agent.policy.state_dict()
+    expected = model.learn(2).trainer.agent.policy.state_dict()
     loaded = RESeL.load(path)
-    loaded.learn(WARMUP + 12)
-    assert loaded.run_dir == tmp_path / "m" and loaded.num_timesteps == WARMUP + 12
+    assert loaded.num_timesteps == WARMUP + 10  # a loaded model reports the run's steps until a learn resets it
+    loaded.learn(2)
+    assert loaded.run_dir == tmp_path / "m" and loaded.run_timesteps == WARMUP + 12 and loaded.num_timesteps == 2
     for name, tensor in loaded.trainer.agent.policy.state_dict().items():
         np.testing.assert_array_equal(tensor.numpy(), expected[name].numpy(), err_msg=name)
     bare = model.save(tmp_path / "bare.pt")  # without the replay: predict yes, learn no
     assert RESeL.load(bare).predict(np.zeros(2), deterministic=True)[0].shape == (2,)
     with pytest.raises(FileNotFoundError, match="include_replay=True"):
-        RESeL.load(bare).learn(WARMUP + 20)
+        RESeL.load(bare).learn(20)
+
+
+def test_the_sb3_sequence_trains_twice_the_steps(tmp_path):
+    """``model.learn(N); model.learn(N, reset_num_timesteps=False)`` trains 2N steps, as in SB3."""
+    model = tiny(tmp_path, eval_every=10**6, log_every=10**6)
+    model.learn(WARMUP + 5)
+    model.learn(WARMUP + 5, reset_num_timesteps=False)
+    assert model.num_timesteps == model.run_timesteps == 2 * (WARMUP + 5)
+    assert load_checkpoint(model.run_dir / "checkpoint.pt")["counters"]["env_steps"] == 2 * (WARMUP + 5)
+    assert model.trainer.agent.critic_steps == 2 * (WARMUP + 5) - WARMUP  # one update per step after warm-up
 
 
 def test_bad_arguments_name_the_argument(tmp_path):
@@ -242,19 +253,19 @@ def test_bad_arguments_name_the_argument(tmp_path):
         RESeL(3)
     with pytest.raises(ValueError, match="preset"):
         RESeL("Wind", preset="fast", out=str(tmp_path))
-    with pytest.raises(ValueError, match="argument of RESeL"):
+    with pytest.raises(ValueError, match="'env' = 'Pendulum-P' .* disagrees with the task 'Wind'"):
         RESeL("Wind", out=str(tmp_path), env="Pendulum-P")
     model = RESeL("Wind", out=str(tmp_path), algo={"batch_size": 7}, **TINY)  # section dicts work too
     assert model.config.algo.batch_size == 32  # the dotted key given later wins
-    with pytest.raises(TypeError, match="total_steps must be int"):
+    with pytest.raises(TypeError, match="total_timesteps must be int"):
         model.learn(10.5)
-    with pytest.raises(ValueError, match="total_steps must be >= 1"):
+    with pytest.raises(ValueError, match="total_timesteps must be >= 1"):
         model.learn(0)
     with pytest.raises(TypeError, match="callbacks must be BaseCallback"):
         model.learn(10, callbacks=[print])
     with pytest.raises(ValueError, match="eval_every must be >= 1"):
         EvalCallback(0)
-    with pytest.raises(ValueError, match="total_steps=3 ends before the warm-up"):
+    with pytest.raises(ValueError, match="total_timesteps=3 ends the run at step 3, before the warm-up"):
         model.learn(3)
     model.learn(WARMUP)
     with pytest.raises(FileExistsError, match="resume=True"):

@@ -133,7 +133,7 @@ if where == "save":
     t.save_run_state = save_run_state
 else:
     t.Trainer.update_once = update_once
-model.learn(400)
+model.learn(198)  # on to step 400
 print("not stopped")
 """
 

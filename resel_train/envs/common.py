@@ -16,7 +16,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-SIM_INSTALL_HINT = "pip install 'resel[sim]'"
+from resel_deploy.extras import install_hint
+
+SIM_INSTALL_HINT = install_hint("sim")
 SPLITS = ("train", "test")
 
 

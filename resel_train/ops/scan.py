@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from resel_deploy.extras import install_hint
 from resel_train.ops import cpu_kernel
 
 IMPLEMENTATIONS = ("auto", "loop", "parallel", "cpu", "cuda", "triton")
@@ -137,13 +138,13 @@ def _resolve_impl(impl: str, u: Tensor, reset: Tensor | None, initial_state: Ten
         if has_extras:
             raise ValueError(
                 "mamba-ssm's Mamba-1 kernel takes no reset or initial state; use impl='triton' "
-                "(pip install 'resel[triton]') or impl='parallel' for reset-aware scans"
+                f"({install_hint('triton')}) or impl='parallel' for reset-aware scans"
             )
         _require_mamba_ssm()
     if impl == "cpu" and (u.is_cuda or u.dtype == torch.float64 or cpu_kernel.load() is None):
         raise ValueError("impl='cpu' needs float32 CPU tensors and a C compiler (cc); use impl='parallel'")
     if impl == "triton" and importlib.util.find_spec("triton") is None:
-        raise ImportError("impl='triton' needs triton: pip install 'resel[triton]' (CUDA machine)")
+        raise ImportError(f"impl='triton' needs triton: {install_hint('triton')}")
     if impl != "auto":
         return impl
     if u.is_cuda:
@@ -158,10 +159,7 @@ def _resolve_impl(impl: str, u: Tensor, reset: Tensor | None, initial_state: Ten
 
 def _require_mamba_ssm() -> None:
     if importlib.util.find_spec("mamba_ssm") is None:
-        raise ImportError(
-            "impl='cuda' needs mamba-ssm on a CUDA machine: "
-            "pip install 'resel[mamba]' --no-build-isolation (see README, GPU install)"
-        )
+        raise ImportError(f"impl='cuda' needs mamba-ssm on a CUDA machine: {install_hint('mamba')}")
 
 
 def _mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
