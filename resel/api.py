@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from resel_deploy.controller import ENGINE_SUFFIXES, NonFiniteAction, checked_safe_action
+from resel_deploy.contract import ENGINE_SUFFIXES
+from resel_deploy.controller import NonFiniteAction, checked_safe_action
 from resel_train.atomic import atomic_write
 from resel_train.callbacks import BaseCallback, with_defaults
 from resel_train.checkpoint import CHECKPOINT, load_checkpoint, referenced_replay

@@ -27,6 +27,7 @@ import torch
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from resel_deploy.contract import ActionMapping
 from resel_train.algo import RESeL
 from resel_train.atomic import atomic_write
 from resel_train.buffer import Batch, TrajectoryBuffer
@@ -218,13 +219,10 @@ class Trainer:
         self.env = make_env(cfg.env, seed=cfg.seed)
         self.eval_env = make_env(cfg.env, seed=cfg.seed + 10_000, split="test")
         self.obs_dim = int(np.prod(self.env.observation_space.shape))
-        if self.discrete:  # actions are one-hot vectors inside the agent and the replay; the env gets the index
-            self.act_dim = int(self.env.action_space.n)
-            self.low, self.high = np.zeros(1, np.float32), np.full(1, self.act_dim - 1, np.float32)
-        else:
-            self.act_dim = int(np.prod(self.env.action_space.shape))
-            self.low = self.env.action_space.low.astype(np.float32)
-            self.high = self.env.action_space.high.astype(np.float32)
+        # the deploy contract's mapping (the exported graph's): one-hot -> index, or [-1, 1] -> the finite bounds
+        self.actions = ActionMapping.from_space(self.env.action_space)
+        self.act_dim = int(self.env.action_space.n) if self.discrete else int(np.prod(self.env.action_space.shape))
+        self.low, self.high = np.asarray(self.actions.low, np.float32), np.asarray(self.actions.high, np.float32)
         self.agent = RESeL(self.obs_dim, self.act_dim, info.reward_as_input, cfg.model, cfg.algo, cfg.seed, self.device,
                            discrete=self.discrete)
         self.graphed_update = GraphedUpdate(self.agent) if self.uses_cuda_graphs else None
@@ -268,9 +266,7 @@ class Trainer:
 
     def to_env_action(self, action: np.ndarray) -> np.ndarray | int:
         """The policy's action in env units: rescaled from [-1, 1], or the index of a one-hot action."""
-        if self.discrete:
-            return int(np.argmax(action))
-        return self.low + (action + 1.0) * 0.5 * (self.high - self.low)
+        return self.actions.to_env(action)
 
     # ---- the loop ---------------------------------------------------------------------------------
     def train(self, show_progress: bool = True,
