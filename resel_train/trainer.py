@@ -46,6 +46,7 @@ from resel_train.graphed_update import GraphedUpdate
 from resel_train.guard import DivergenceGuard, TrainingDiverged
 from resel_train.logger import RunLogger
 from resel_train.nets.policy import Policy, gumbel_noise
+from resel_train.nets.registry import encoder_spec
 from resel_train.runlock import RunLock, RunLocked
 from resel_train.stepwise import StepwisePolicy
 
@@ -227,8 +228,9 @@ class Trainer:
                            discrete=self.discrete)
         self.graphed_update = GraphedUpdate(self.agent) if self.uses_cuda_graphs else None
         self.prefetch = Prefetch()
-        self.buffer = TrajectoryBuffer(
-            self.obs_dim, self.act_dim, cfg.replay_capacity, pad=cfg.model.d_conv - 1, seed=cfg.seed
+        self.buffer = TrajectoryBuffer(  # the padding the encoder needs between packed trajectories
+            self.obs_dim, self.act_dim, cfg.replay_capacity, pad=encoder_spec(cfg.model.encoder).replay_pad(cfg.model),
+            seed=cfg.seed
         )
         self.rng = np.random.default_rng(cfg.seed)
         self.collect_generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -373,9 +375,10 @@ class Trainer:
 
     @property
     def uses_cuda_graphs(self) -> bool:
-        """Graphs on CUDA unless switched off; the GRU's and LSTM's cuDNN layout (one trajectory per row) needs
-        a host sync per call, so they run eagerly."""
-        return self.device.type == "cuda" and self.cfg.cuda_graphs and self.cfg.model.encoder not in ("gru", "lstm")
+        """Graphs on CUDA unless switched off or the encoder cannot be captured (its registry entry says; the
+        GRU's and LSTM's cuDNN layout, one trajectory per row, needs a host sync per call, so they run eagerly)."""
+        return (self.device.type == "cuda" and self.cfg.cuda_graphs
+                and encoder_spec(self.cfg.model.encoder).cuda_graphs)
 
     def update_once(self) -> dict[str, torch.Tensor]:
         """Sample, draw the update's noise on the host, launch one update; metrics stay on the device.
