@@ -230,7 +230,7 @@ def envs() -> None:
 @cli_errors
 def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint.pt.")]) -> None:
     """Show what a checkpoint holds (task, model, counters) after verifying it (checksum, finite weights)."""
-    from resel_train.checkpoint import verify_checkpoint
+    from resel_train.persist.checkpoint import verify_checkpoint
 
     data, verdict = verify_checkpoint(checkpoint)
     table = Table("key", "value")
@@ -281,7 +281,7 @@ def sweep(
     retry_failed: Annotated[bool, typer.Option(help="Run only the trials that failed or were lost last time.")] = False,
 ) -> None:
     """Run a task x encoder x seed grid on Ray; rerun the same command to resume (finished trials are skipped)."""
-    from resel_train.runlock import RunLocked
+    from resel_train.persist.runlock import RunLocked
 
     try:
         from resel_train.sweep import SweepGrid

@@ -53,7 +53,7 @@ import torch
 
 from resel_deploy import contract
 from resel_deploy.contract import FORMAT, FORMAT_VERSION, INPUT_NAMES, decode_metadata, state_in
-from resel_train.atomic import atomic_write
+from resel_train.persist.atomic import atomic_write
 from resel_train.stepwise import StepwisePolicy
 
 OPSET = 18

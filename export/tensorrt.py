@@ -45,7 +45,7 @@ from resel_deploy.contract import (
     state_shapes,
     validate_metadata,
 )
-from resel_train.atomic import atomic_write
+from resel_train.persist.atomic import atomic_write
 
 __all__ = ["TensorRTBackend", "TensorRTUnavailable", "build_engine", "build_engine_bytes", "require_tensorrt",
            "tensorrt_unavailable_reason"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from resel_train.atomic import atomic_write
+from resel_train.persist.atomic import atomic_write
 
 COLUMNS = (
     "step", "wall_s", "steps_per_s", "episodes", "train_return", "eval_return", "eval_return_std",

@@ -49,8 +49,8 @@ import torch
 from torch import Tensor, nn
 
 from resel_deploy import contract
-from resel_train.checkpoint import CheckpointError, load_checkpoint, nonfinite_weights, policy_from_checkpoint
 from resel_train.nets.policy import Policy, categorical_action
+from resel_train.persist.checkpoint import CheckpointError, load_checkpoint, nonfinite_weights, policy_from_checkpoint
 
 
 @dataclass(frozen=True)

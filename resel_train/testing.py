@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from resel_train.checkpoint import save_checkpoint
 from resel_train.nets.policy import Policy
+from resel_train.persist.checkpoint import save_checkpoint
 
 PAPER_MAMBA = {"n_blocks": 1, "d_state": 64, "d_conv": 8, "expand": 2, "dt_rank": 16}
 SMALL_MAMBA = {"n_blocks": 1, "d_state": 8, "d_conv": 4, "expand": 2, "dt_rank": 4}

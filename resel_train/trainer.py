@@ -29,17 +29,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from resel_deploy.contract import ActionMapping
 from resel_train.algo import RESeL
-from resel_train.atomic import atomic_write
 from resel_train.buffer import Batch, TrajectoryBuffer
 from resel_train.callbacks import BaseCallback, CallbackList, default_callbacks
-from resel_train.checkpoint import (
-    CHECKPOINT,
-    load_checkpoint,
-    load_replay,
-    referenced_replay,
-    remove_unreferenced,
-    save_run_state,
-)
 from resel_train.config import TrainConfig, config_from_dict, config_to_dict, resume_config, validate_config
 from resel_train.envs import make_env, task_info
 from resel_train.graphed_update import GraphedUpdate
@@ -47,7 +38,16 @@ from resel_train.guard import DivergenceGuard, TrainingDiverged
 from resel_train.logger import RunLogger
 from resel_train.nets.policy import Policy, gumbel_noise
 from resel_train.nets.registry import encoder_spec
-from resel_train.runlock import RunLock, RunLocked
+from resel_train.persist.atomic import atomic_write
+from resel_train.persist.checkpoint import (
+    CHECKPOINT,
+    load_checkpoint,
+    load_replay,
+    referenced_replay,
+    remove_unreferenced,
+    save_run_state,
+)
+from resel_train.persist.runlock import RunLock, RunLocked
 from resel_train.stepwise import StepwisePolicy
 
 

@@ -10,7 +10,7 @@ import torch
 from resel.export.onnx import export_onnx
 from resel_deploy import Controller
 from resel_deploy.controller import detect_kind
-from resel_train.checkpoint import CheckpointError
+from resel_train.persist.checkpoint import CheckpointError
 from resel_train.stepwise import StepwisePolicy
 from resel_train.testing import SMALL_MAMBA, make_random_checkpoint
 

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from resel.export.onnx import export_onnx
 from resel_deploy.rollout import RolloutReport, latency_stats, run_rollouts
-from resel_train.checkpoint import load_checkpoint, policy_from_checkpoint
+from resel_train.persist.checkpoint import load_checkpoint, policy_from_checkpoint
 from resel_train.testing import make_random_checkpoint
 
 pytest.importorskip("mujoco")

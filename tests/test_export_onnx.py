@@ -20,7 +20,7 @@ from resel.export.onnx import (
     to_mixed_fp16,
 )
 from resel_deploy.contract import state_in, state_out
-from resel_train.checkpoint import CheckpointError
+from resel_train.persist.checkpoint import CheckpointError
 from resel_train.stepwise import StepwisePolicy
 from resel_train.testing import SMALL_MAMBA, make_random_checkpoint
 

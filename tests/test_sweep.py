@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from resel.cli.main import app
-from resel_train.checkpoint import CheckpointError, load_checkpoint
+from resel_train.persist.checkpoint import CheckpointError, load_checkpoint
 from resel_train.report import markdown_table, write_report
 from resel_train.sweep import SweepGrid, plan_trials
 from tests.test_cli import TINY
