@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from training import RESULTS, launch, run_dir  # its sibling script (`python benchmarks/keydoor.py`)
 
-from benchmarks.training import RESULTS, launch, run_dir
 from resel_train.nets.registry import ENCODER_NAMES
 
 console = Console()
