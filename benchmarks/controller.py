@@ -44,8 +44,8 @@ torch.set_num_threads(1)
 
 from resel.export.onnx import export_onnx  # noqa: E402
 from resel_deploy import Controller  # noqa: E402
-from resel_deploy.testing import make_random_checkpoint  # noqa: E402
-from resel_train.checkpoint import load_checkpoint, policy_from_checkpoint  # noqa: E402
+from resel_train.persist.checkpoint import load_checkpoint, policy_from_checkpoint  # noqa: E402
+from resel_train.testing import make_random_checkpoint  # noqa: E402
 
 OBS, ACT = 17, 6
 

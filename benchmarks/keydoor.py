@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from training import RESULTS, launch, run_dir  # its sibling script (`python benchmarks/keydoor.py`)
 
-from benchmarks.training import RESULTS, launch, run_dir
+from resel_train.nets.registry import ENCODER_NAMES
 
 console = Console()
 METRIC = "eval_success_rate"
@@ -119,7 +120,7 @@ def summarise(args: argparse.Namespace, out: Path, env: str, ended: dict, load: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=["KeyToDoor-60"])
-    parser.add_argument("--encoders", nargs="+", default=["mamba", "mlp"])
+    parser.add_argument("--encoders", nargs="+", default=["mamba", "mlp"], choices=ENCODER_NAMES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--minutes", type=float, default=25.0, help="wall-time limit of each run")

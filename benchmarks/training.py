@@ -25,6 +25,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from resel_train.nets.registry import ENCODER_NAMES
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 console = Console()
@@ -141,7 +143,6 @@ def throughput(args: argparse.Namespace) -> None:
     import torch
 
     from resel_train.config import resolve_config
-    from resel_train.nets.encoders import ENCODER_KINDS
     from resel_train.trainer import Trainer
 
     torch.set_num_threads(args.threads)
@@ -149,7 +150,7 @@ def throughput(args: argparse.Namespace) -> None:
     results = []
     table = Table("preset", "encoder", "batch", "env steps/s (incl. updates)", "ms per env step")
     for preset, updates in (("cpu", args.updates), ("classic", max(3, args.updates // 10))):
-        for encoder in ENCODER_KINDS:
+        for encoder in ENCODER_NAMES:
             cfg = resolve_config(args.env, preset, overrides=["eval_every=1000000000", "checkpoint_every=1000000000",
                                                               f"threads={args.threads}"],
                                  out=str(scratch / preset), **{"model.encoder": encoder})
@@ -177,7 +178,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("learn")
     p.add_argument("--env", default="Pendulum-V")
-    p.add_argument("--encoders", nargs="+", default=["mamba", "mlp"])
+    p.add_argument("--encoders", nargs="+", default=["mamba", "mlp"], choices=ENCODER_NAMES)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--steps", type=int, default=50_000)
     p.add_argument("--preset", default="cpu")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from resel_train.nets.encoders import ENCODER_KINDS
+from resel_train.nets.registry import ENCODER_NAMES
 
 
 def _aten_calls(fn, reps: int) -> float:
@@ -141,7 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=20, help="timed updates per case and round (paper size: / 10)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the table shows medians")
-    parser.add_argument("--encoders", nargs="+", default=list(ENCODER_KINDS), choices=ENCODER_KINDS)
+    parser.add_argument("--encoders", nargs="+", default=list(ENCODER_NAMES), choices=ENCODER_NAMES)
     parser.add_argument("--presets", nargs="+", default=["cpu"], choices=["cpu", "classic"])
     parser.add_argument("--throughput-steps", type=int, default=1000,
                         help="env steps after warm-up for the env steps/s column (0: skip it)")

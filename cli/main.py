@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from resel_train.nets.registry import ENCODER_NAMES
+
 app = typer.Typer(help="RESeL: train recurrent off-policy RL policies and ship them as constant-time controllers.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 console = Console(soft_wrap=not sys.stdout.isatty())  # in a pipe, a log or CI: no wrapping at 80 columns
@@ -39,12 +41,8 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebac
     _options["debug"] = debug
 
 
-class Encoder(str, Enum):
-    mamba = "mamba"
-    gru = "gru"
-    lstm = "lstm"
-    s5 = "s5"
-    mlp = "mlp"
+# the --encoder choices: the encoder registry's names (one list, also what validate_config and the sweep accept)
+Encoder = Enum("Encoder", {name: name for name in ENCODER_NAMES}, type=str)
 
 
 def _message(exc: BaseException) -> str:
@@ -264,7 +262,7 @@ def envs() -> None:
 @cli_errors
 def info(checkpoint: Annotated[Path, typer.Argument(help="A checkpoint.pt.")]) -> None:
     """Show what a checkpoint holds (task, model, counters) after verifying it (checksum, finite weights)."""
-    from resel_train.checkpoint import verify_checkpoint
+    from resel_train.persist.checkpoint import verify_checkpoint
 
     data, verdict = verify_checkpoint(checkpoint)
     table = Table("key", "value")
@@ -303,7 +301,8 @@ def sweep(
     out: Annotated[Path, typer.Option(help="Sweep folder: a run folder per trial and sweep.json.")] = Path("runs/sweep"),
     preset: Annotated[str, typer.Option(help="auto (each task's family preset) or a preset name, e.g. cpu.")] = "auto",
     steps: Annotated[Optional[int], typer.Option(help="Environment steps per trial (default: each preset's).")] = None,
-    encoders: Annotated[str, typer.Option(help="Context encoders, comma-separated.")] = "mamba",
+    encoders: Annotated[str, typer.Option(help=f"Context encoders, comma-separated: {', '.join(ENCODER_NAMES)}.")]
+    = "mamba",
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any field in every trial.")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster: auto or ray://HOST:PORT (default: local).")] = None,
     num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of the local Ray instance (default: all).")] = None,
@@ -314,7 +313,7 @@ def sweep(
     retry_failed: Annotated[bool, typer.Option(help="Run only the trials that failed or were lost last time.")] = False,
 ) -> None:
     """Run a task x encoder x seed grid on Ray; rerun the same command to resume (finished trials are skipped)."""
-    from resel_train.runlock import RunLocked
+    from resel_train.persist.runlock import RunLocked
 
     try:
         from resel_train.sweep import SweepGrid

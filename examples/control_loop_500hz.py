@@ -157,7 +157,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     if args.demo:
         from resel.export.onnx import export_onnx
-        from resel_deploy.testing import make_random_checkpoint
+        from resel_train.testing import make_random_checkpoint
 
         folder = Path(tempfile.mkdtemp(prefix="resel_demo_"))
         ckpt = make_random_checkpoint(folder / "demo.pt")

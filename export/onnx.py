@@ -51,14 +51,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from resel_deploy.artifacts import FORMAT, FORMAT_VERSION, INPUT_NAMES, STATE_IN, STATE_OUT, decode_metadata
+from resel_deploy import contract
+from resel_deploy.contract import FORMAT, FORMAT_VERSION, INPUT_NAMES, decode_metadata, state_in
 from resel_deploy.extras import install_hint
-from resel_train.atomic import atomic_write
+from resel_train.persist.atomic import atomic_write
 from resel_train.stepwise import StepwisePolicy
 
 OPSET = 18
-OUTPUT_NAMES = ("action", "action_mean", "action_log_std")
-DISCRETE_OUTPUT_NAMES = ("action", "action_logits", "action_log_probs")
 ORT_INSTALL_HINT = install_hint("onnx")
 
 
@@ -86,6 +85,7 @@ class ExportReport:
     seconds: float
     exporter: str = "torch.onnx.export(dynamo=True)"
     metadata: dict[str, Any] = field(default_factory=dict)
+    data: bytes = field(default=b"", repr=False)  # the serialised graph (what was written, if anything)
 
     def rows(self) -> list[tuple[str, str]]:
         """(field, value) pairs for printing."""
@@ -116,22 +116,6 @@ class ExportReport:
 
 
 # ---------------------------------------------------------------------------------------------
-def io_spec(stepwise: StepwisePolicy) -> tuple[list[dict], list[dict]]:
-    """Names, shapes (``"batch"`` for the dynamic axis) and dtypes of the graph inputs and outputs."""
-    def t(name, *shape):
-        return {"name": name, "shape": ["batch", *shape], "dtype": "float32"}
-
-    o, a = stepwise.obs_dim, stepwise.act_dim
-    states = stepwise.state_spec()
-    inputs = [t("obs", o), t("prev_reward", 1), t("is_first"), t("noise", a)]
-    inputs += [t(STATE_IN + s.name, *s.shape) for s in states]
-    action, head_a, head_b = DISCRETE_OUTPUT_NAMES if stepwise.discrete else OUTPUT_NAMES
-    first = {"name": action, "shape": ["batch"], "dtype": "int64"} if stepwise.discrete else t(action, a)
-    outputs = [first, t(head_a, a), t(head_b, a)]
-    outputs += [t(STATE_OUT + s.name, *s.shape) for s in states]
-    return inputs, outputs
-
-
 def toolkit_version() -> str:
     try:
         from importlib.metadata import version
@@ -147,7 +131,7 @@ def stepwise_to_onnx(stepwise: StepwisePolicy, opset: int = OPSET):
     """Trace the stepwise policy into an fp32 ``onnx.ModelProto`` (no checks, no metadata)."""
     _require("onnx")
     _require("onnxscript")
-    inputs, outputs = io_spec(stepwise)
+    inputs, outputs = stepwise.io_spec()
     example = _example_inputs(stepwise, batch=2)
     batch = torch.export.Dim("batch", min=1, max=65536)
     dynamic = ({0: batch}, {0: batch}, {0: batch}, {0: batch}, tuple({0: batch} for _ in example[4:]))
@@ -241,6 +225,7 @@ def export_onnx(
     tolerance: float | None = None,
     fp16: bool = False,
     seed: int = 0,
+    write: bool = True,
 ) -> ExportReport:
     """Export a checkpoint's policy to one ONNX file after checking it against torch.
 
@@ -252,7 +237,8 @@ def export_onnx(
     output and state (default 1e-4, or 3e-2 with ``fp16``). The graph also passes
     ``onnx.checker.check_model(full_check=True)``. Nothing is written when a check fails
     (:class:`ExportError` / :class:`ParityError`). Returns an :class:`ExportReport`; the measured
-    errors are stored in the file's metadata (the parity certificate).
+    errors are stored in the file's metadata (the parity certificate). ``write=False``: the same export and
+    checks in memory only (what ``Controller.load(checkpoint)`` runs); the graph is the report's ``data``.
     """
     onnx = _require("onnx")
     start = time.perf_counter()
@@ -260,11 +246,11 @@ def export_onnx(
         stepwise, source = checkpoint, None
     else:
         stepwise, source = StepwisePolicy.from_checkpoint(checkpoint), Path(checkpoint)
-    if out is None:
+    if out is None and write:
         if source is None:
             raise ValueError("out is required when exporting a StepwisePolicy object")
         out = source.with_suffix(".fp16.onnx" if fp16 else ".onnx")
-    out = Path(out)
+    out = Path(out) if write else None
     tolerance = (3e-2 if fp16 else 1e-4) if tolerance is None else tolerance
 
     model = stepwise_to_onnx(stepwise, opset)
@@ -293,17 +279,18 @@ def export_onnx(
     )
     set_metadata(model, meta)
     data = model.SerializeToString()
-    atomic_write(out, data)
+    if out is not None:
+        atomic_write(out, data)
     return ExportReport(
         path=out, opset=opset, precision=precision, max_abs_error=abs_err, max_scaled_error=scaled_err,
         tolerance=tolerance, check_steps=check_steps, check_batches=batches, size_bytes=len(data),
-        seconds=time.perf_counter() - start, metadata=meta,
+        seconds=time.perf_counter() - start, metadata=meta, data=data,
     )
 
 
 # ---- metadata -------------------------------------------------------------------------------
 def build_metadata(stepwise: StepwisePolicy, opset: int, precision: str) -> dict[str, Any]:
-    inputs, outputs = io_spec(stepwise)
+    inputs, outputs = stepwise.io_spec()
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -352,37 +339,46 @@ def check_inputs(stepwise_or_meta, steps: int, batch: int, seed: int = 0) -> lis
         obs_dim, act_dim = stepwise_or_meta["obs_dim"], stepwise_or_meta["act_dim"]
     rng = np.random.default_rng(seed)
     feeds = []
+    obs, prev_reward, is_first, noise = INPUT_NAMES
     for t in range(steps):
         first = (rng.random(batch) < 0.03).astype(np.float32) if t else np.ones(batch, np.float32)
-        noise = rng.standard_normal((batch, act_dim), dtype=np.float32) * float(t % 2)
+        step_noise = rng.standard_normal((batch, act_dim), dtype=np.float32) * float(t % 2)  # drawn before obs
         feeds.append({
-            "obs": rng.standard_normal((batch, obs_dim), dtype=np.float32),
-            "prev_reward": rng.standard_normal((batch, 1), dtype=np.float32),
-            "is_first": first,
-            "noise": noise,
+            obs: rng.standard_normal((batch, obs_dim), dtype=np.float32),
+            prev_reward: rng.standard_normal((batch, 1), dtype=np.float32),
+            is_first: first,
+            noise: step_noise,
         })
     return feeds
 
 
-def parity_error(model_bytes: bytes, stepwise: StepwisePolicy, steps: int, batches=(1, 7), seed: int = 0):
-    """(max abs error, max scaled error) between onnxruntime and torch over every output and state."""
+def onnx_steps(model_bytes: bytes, meta: dict[str, Any], feeds: list[dict[str, np.ndarray]], batch: int):
+    """Run the graph over ``feeds`` from a zero state with onnxruntime (one thread), feeding back its own state;
+    yields every step's outputs (the three outputs, then the state) as numpy arrays."""
     ort = _require("onnxruntime")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
     opts.log_severity_level = 3
     session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-    names = [s.name for s in stepwise.state_spec()]
     out_names = [o.name for o in session.get_outputs()]
+    layout = contract.state_shapes(meta, batch)
+    state = [np.zeros(shape, np.float32) for _, shape in layout]
+    for feed in feeds:
+        got = session.run(out_names, {**feed, **{state_in(n): s for (n, _), s in zip(layout, state, strict=True)}})
+        yield got
+        state = got[3:]
+
+
+def parity_error(model_bytes: bytes, stepwise: StepwisePolicy, steps: int, batches=(1, 7), seed: int = 0):
+    """(max abs error, max scaled error) between onnxruntime and torch over every output and state."""
+    meta = stepwise.metadata()
     max_abs, max_scaled = 0.0, 0.0
     for b in batches:
         torch_state = stepwise.initial_state(b)
-        ort_state = [t.numpy() for t in torch_state]
-        for feed in check_inputs(stepwise, steps, b, seed + b):
+        feeds = check_inputs(stepwise, steps, b, seed + b)
+        for feed, got in zip(feeds, onnx_steps(model_bytes, meta, feeds, b), strict=True):
             with torch.inference_mode():
                 ref = stepwise(*(torch.from_numpy(feed[k]) for k in INPUT_NAMES), *torch_state)
-            ort_feed = dict(feed)
-            ort_feed.update({STATE_IN + n: s for n, s in zip(names, ort_state, strict=False)})
-            got = session.run(out_names, ort_feed)
             for g, r in zip(got, ref, strict=False):
                 r = r.numpy()
                 diff = np.abs(g.astype(np.float64) - r)
@@ -391,7 +387,7 @@ def parity_error(model_bytes: bytes, stepwise: StepwisePolicy, steps: int, batch
                     max_scaled = max(max_scaled, float((diff / (1.0 + np.abs(r))).max()))
                 if not np.all(np.isfinite(g)):
                     return float("nan"), float("nan")
-            torch_state, ort_state = ref[3:], got[3:]
+            torch_state = ref[3:]
     return max_abs, max_scaled
 
 

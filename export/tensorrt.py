@@ -19,25 +19,37 @@ Engine file: the raw TensorRT plan (loadable by ``trtexec --loadEngine``) plus a
 range of the optimisation profile and the measured engine-vs-onnxruntime error. Engines only load
 with the TensorRT version and GPU model they were built for.
 
-Running: :class:`resel_deploy.backends.TensorRTBackend` (via ``Controller.load(path,
-backend="tensorrt")``) binds separate input and output state buffers (ping-pong; TensorRT must not
-read and write the same state memory in one step) and by default captures one CUDA graph per
-direction.
+Running: :class:`TensorRTBackend` (what ``Controller.load(path, backend="tensorrt")`` steps, through
+:mod:`resel_deploy.bridge`: its CUDA buffers are torch tensors, so it lives on the torch side) binds separate
+input and output state buffers (ping-pong; TensorRT must not read and write the same state memory in one step)
+and by default captures one CUDA graph per direction.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from resel_deploy.artifacts import ENGINE_FORMAT, engine_sidecar, read_engine
-from resel_deploy.backends import TensorRTUnavailable, require_tensorrt, tensorrt_unavailable_reason
-from resel_train.atomic import atomic_write
+from resel_deploy.contract import (
+    ENGINE_FORMAT,
+    INPUT_NAMES,
+    HostBuffers,
+    detect_kind,
+    engine_sidecar,
+    state_in,
+    state_out,
+    state_shapes,
+    validate_metadata,
+)
+from resel_train.persist.atomic import atomic_write
 
-__all__ = ["TensorRTUnavailable", "build_engine", "build_engine_bytes", "read_engine", "tensorrt_unavailable_reason"]
+__all__ = ["TensorRTBackend", "TensorRTUnavailable", "build_engine", "build_engine_bytes", "require_tensorrt",
+           "tensorrt_unavailable_reason"]
+TRT_INSTALL_HINT = install_hint("tensorrt")
 
 
 def build_engine(
@@ -60,7 +72,6 @@ def build_engine(
     """
     require_tensorrt()  # fail fast, before any export work
     from resel.export.onnx import export_onnx, read_metadata, to_mixed_fp16
-    from resel_deploy.controller import detect_kind
 
     src = Path(onnx_or_checkpoint)
     kind = detect_kind(src)
@@ -140,24 +151,156 @@ def build_engine_bytes(
 
 def _verify(engine: bytes, model_bytes: bytes, meta: dict[str, Any], steps: int, fp16: bool) -> float:
     """Max |engine - onnxruntime| over every output and state, each side feeding back its own state."""
-    from resel.export.onnx import check_inputs
-    from resel_deploy.backends import OnnxRuntimeBackend, TensorRTBackend
+    from resel.export.onnx import check_inputs, onnx_steps
 
     worst = 0.0
     for batch in (1, min(7, meta["max_batch"])):
         trt_b = TensorRTBackend(engine, meta, batch)
-        ort_b = OnnxRuntimeBackend(model_bytes, meta, batch, flush_denormals=False)
-        for feed in check_inputs(meta, steps, batch, seed=batch):
-            for b in (trt_b, ort_b):
-                for name, dst in zip(("obs", "prev_reward", "is_first", "noise"), b.host.inputs(), strict=False):
-                    np.copyto(dst, feed[name])
-                b.run()
-            for x, y in zip(trt_b.host.outputs(), ort_b.host.outputs(), strict=False):
+        feeds = check_inputs(meta, steps, batch, seed=batch)
+        for feed, ref in zip(feeds, onnx_steps(model_bytes, meta, feeds, batch), strict=True):
+            for name, dst in zip(INPUT_NAMES, trt_b.host.inputs(), strict=True):
+                np.copyto(dst, feed[name])
+            trt_b.run()
+            state = trt_b.get_state()
+            got = [*trt_b.host.outputs(), *(state[n] for n in trt_b.names)]
+            for x, y in zip(got, ref, strict=True):
                 worst = max(worst, float(np.abs(x - y).max()))
-            st_t, st_o = trt_b.get_state(), ort_b.get_state()
-            for name in st_t:
-                worst = max(worst, float(np.abs(st_t[name] - st_o[name]).max()))
     limit = 5e-2 if fp16 else 1e-3
     if not worst <= limit:
         raise RuntimeError(f"TensorRT engine disagrees with onnxruntime: max abs error {worst:.3e} > {limit:g}")
     return worst
+
+
+# ---- running an engine ----------------------------------------------------------------------
+def tensorrt_unavailable_reason() -> str | None:
+    """None when the TensorRT backend can run here, else a one-line reason naming what to install."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return f"TensorRT is not installed: {TRT_INSTALL_HINT}"
+    try:
+        import torch
+    except ImportError:
+        return f"the TensorRT backend uses torch for CUDA buffers: {TRT_INSTALL_HINT}"
+    if not torch.cuda.is_available():
+        return f"TensorRT needs an NVIDIA GPU, and torch {torch.__version__} sees none: {TRT_INSTALL_HINT}"
+    return None
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT or a GPU is missing (the message says what to install)."""
+
+
+def require_tensorrt():
+    """The ``tensorrt`` module, or :class:`TensorRTUnavailable` naming what to install."""
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        raise TensorRTUnavailable(reason)
+    import tensorrt
+
+    return tensorrt
+
+
+class TensorRTBackend:
+    """A TensorRT engine with device buffers from torch, pinned host buffers and ping-pong state.
+
+    Each step: copy the four inputs host -> device, enqueue the engine reading state set A and
+    writing set B, copy the action back, synchronise, swap A/B. With ``cuda_graphs`` (default) the
+    whole sequence is captured once per direction (CUDA graphs need fixed addresses, hence two
+    graphs) and each step is one graph launch; if capture fails the eager path is used.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, engine_bytes: bytes, meta: dict[str, Any], batch: int, cuda_graphs: bool = True,
+                 source: str = "the TensorRT engine") -> None:
+        trt = require_tensorrt()
+        import torch
+
+        self.torch = torch
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(logger)
+        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise ValueError(
+                f"TensorRT could not deserialize the engine (built with TensorRT {meta.get('tensorrt_version')}, "
+                f"this is {trt.__version__}; engines only load in the TensorRT version and GPU they were built for)"
+            )
+        engine = self.engine
+        validate_metadata(meta, source, {n: list(engine.get_tensor_shape(n)) for n in
+                                         (engine.get_tensor_name(i) for i in range(engine.num_io_tensors))})
+        self.context = self.engine.create_execution_context()
+        self.names = [n for n, _ in state_shapes(meta, batch)]
+        dev = torch.device("cuda")
+        obs_dim, act_dim = meta["obs_dim"], meta["act_dim"]
+        self._output_names = [o["name"] for o in meta["outputs"][:3]]
+        pinned = lambda *s, dtype=torch.float32: torch.zeros(s, dtype=dtype, pin_memory=True)  # noqa: E731
+        h_in = [pinned(batch, obs_dim), pinned(batch, 1), pinned(batch), pinned(batch, act_dim)]
+        action = pinned(batch, dtype=torch.int64) if meta.get("discrete") else pinned(batch, act_dim)
+        h_out = [action, pinned(batch, act_dim), pinned(batch, act_dim)]
+        self.host = HostBuffers(*(t.numpy() for t in h_in + h_out))
+        self._h_in, self._h_out = h_in, h_out
+        self._d_in = [torch.zeros_like(t, device=dev) for t in h_in]
+        self._d_out = [torch.zeros_like(t, device=dev) for t in h_out]
+        self._d_state = [
+            [torch.zeros(shape, dtype=torch.float32, device=dev) for _, shape in state_shapes(meta, batch)]
+            for _ in range(2)
+        ]
+        self.stream = torch.cuda.Stream()
+        for name, t in zip(INPUT_NAMES, self._d_in, strict=True):
+            self.context.set_input_shape(name, tuple(t.shape))
+        for n, t in zip(self.names, self._d_state[0], strict=True):
+            self.context.set_input_shape(state_in(n), tuple(t.shape))
+        self._addresses = [self._address_map(i) for i in range(2)]
+        self._cur = 0
+        self._graphs = None
+        if cuda_graphs:
+            try:
+                self._graphs = [self._capture(i) for i in range(2)]
+            except Exception:  # capture unsupported here: stay on the eager path
+                self._graphs = None
+
+    def _address_map(self, i: int) -> list[tuple[str, int]]:
+        pairs = [(n, t.data_ptr()) for n, t in zip(INPUT_NAMES, self._d_in, strict=True)]
+        pairs += [(n, t.data_ptr()) for n, t in zip(self._output_names, self._d_out, strict=True)]
+        pairs += [(state_in(n), t.data_ptr()) for n, t in zip(self.names, self._d_state[i], strict=True)]
+        pairs += [(state_out(n), t.data_ptr()) for n, t in zip(self.names, self._d_state[1 - i], strict=True)]
+        return pairs
+
+    def _enqueue(self, i: int) -> None:
+        for name, ptr in self._addresses[i]:
+            self.context.set_tensor_address(name, ptr)
+        for dst, src in zip(self._d_in, self._h_in, strict=False):
+            dst.copy_(src, non_blocking=True)
+        if not self.context.execute_async_v3(self.torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        for dst, src in zip(self._h_out, self._d_out, strict=False):
+            dst.copy_(src, non_blocking=True)
+
+    def _capture(self, i: int):
+        torch = self.torch
+        with torch.cuda.stream(self.stream):
+            self._enqueue(i)  # warm-up enqueue before capture (lazy init inside TensorRT)
+        self.stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self.stream):
+            self._enqueue(i)
+        return graph
+
+    def run(self) -> None:
+        """One step (a graph launch, or the eager sequence), synchronised, then swap the state sets."""
+        if self._graphs is not None:
+            self._graphs[self._cur].replay()
+            self.torch.cuda.current_stream().synchronize()
+        else:
+            with self.torch.cuda.stream(self.stream):
+                self._enqueue(self._cur)
+            self.stream.synchronize()
+        self._cur ^= 1
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Copies of the state set the next step reads."""
+        return {n: t.cpu().numpy().copy() for n, t in zip(self.names, self._d_state[self._cur], strict=False)}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Copy ``state`` into the state set the next step reads."""
+        for n, t in zip(self.names, self._d_state[self._cur], strict=False):
+            t.copy_(self.torch.as_tensor(np.asarray(state[n], np.float32)))

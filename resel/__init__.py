@@ -12,17 +12,35 @@ subpackages never load torch by themselves; ``resel.RESeL`` and the callbacks do
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
 import resel_train.envs  # noqa: F401  (registers the resel/<id>-v0 Gymnasium ids; torch-free)
 
 # ``resel.export`` and ``resel.cli`` live in the repository's top-level export/ and cli/ folders; an installed
-# wheel puts them under resel/ (pyproject's package-dir). In a source checkout (run with PYTHONPATH or
-# installed editable), let the subpackages resolve from the root.
+# wheel puts them under resel/ (pyproject's package-dir). In a source checkout exactly these two resolve from
+# the root next to this package (whichever checkout was imported, also through PYTHONPATH); nothing else of
+# the root becomes reachable under ``resel.``.
 _ROOT = Path(__file__).resolve().parent.parent
-if (_ROOT / "pyproject.toml").is_file() and (_ROOT / "export" / "__init__.py").is_file():
-    __path__.append(str(_ROOT))  # noqa: F821  (the package's own search path)
+_CHECKOUT_SUBPACKAGES = {"resel.export": _ROOT / "export", "resel.cli": _ROOT / "cli"}
+
+
+class _CheckoutSubpackages(importlib.abc.MetaPathFinder):
+    """Finds ``resel.export`` / ``resel.cli`` in this package's source checkout, and nothing else."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        folder = _CHECKOUT_SUBPACKAGES.get(fullname)
+        if folder is None:
+            return None
+        return importlib.util.spec_from_file_location(fullname, folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+
+
+if (_ROOT / "pyproject.toml").is_file() and all((d / "__init__.py").is_file() for d in _CHECKOUT_SUBPACKAGES.values()):
+    sys.meta_path.insert(0, _CheckoutSubpackages())
 
 _EXPORTS = {
     "RESeL": "resel.api",

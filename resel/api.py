@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from resel_deploy.controller import ENGINE_SUFFIXES, NonFiniteAction, checked_safe_action
-from resel_train.atomic import atomic_write
+from resel_deploy.contract import ENGINE_SUFFIXES
+from resel_deploy.controller import NonFiniteAction, checked_safe_action
 from resel_train.callbacks import BaseCallback, with_defaults
-from resel_train.checkpoint import CHECKPOINT, load_checkpoint, referenced_replay
 from resel_train.config import (
     TrainConfig,
     config_from_dict,
@@ -39,7 +38,9 @@ from resel_train.config import (
     parse_overrides,
     resolve_config,
 )
-from resel_train.runlock import RunLocked
+from resel_train.persist.atomic import atomic_write
+from resel_train.persist.checkpoint import CHECKPOINT, load_checkpoint, referenced_replay
+from resel_train.persist.runlock import RunLocked
 from resel_train.stepwise import StepwisePolicy
 from resel_train.trainer import Trainer, resolve_device
 
@@ -48,7 +49,7 @@ FORMATS = ("onnx", "tensorrt")
 
 def _one_thread_at_a_time(method: Callable[..., Any]) -> Callable[..., Any]:
     """learn, save and export write the run folder: a call from a second thread while one runs raises
-    :class:`~resel_train.runlock.RunLocked` at once (the same thread may nest them, e.g. save in a callback)."""
+    :class:`~resel_train.persist.runlock.RunLocked` at once (the same thread may nest them, e.g. save in a callback)."""
 
     @functools.wraps(method)
     def wrapper(self: RESeL, *args: Any, **kwargs: Any) -> Any:

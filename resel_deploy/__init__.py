@@ -6,20 +6,36 @@
 - :func:`run_rollouts` (in :mod:`resel_deploy.rollout`): episodes against the simulators with
   per-step latency statistics.
 
-The torch module behind a checkpoint's step is :class:`resel_train.stepwise.StepwisePolicy` (the
-training networks' own step, which the exporter turns into the ONNX graph). Importing this package
-loads neither torch nor a simulator, and it never imports the trainer, the replay buffer or the algorithm.
+What a policy file is (names, state layout, action mapping, metadata, format markers) is written once, in
+:mod:`resel_deploy.contract`, which the stepwise model and the exporters import too. The torch side (a
+checkpoint's :class:`resel_train.stepwise.StepwisePolicy`, the in-memory export, TensorRT's CUDA buffers,
+the simulators) is reached through one module, :mod:`resel_deploy.bridge`, and only when used: importing this
+package loads neither torch nor a simulator, and it never imports the trainer, the replay buffer or the algorithm.
+Names are resolved lazily (PEP 562), so importing :mod:`resel_deploy.contract` alone loads nothing else.
 """
 
-from resel_deploy.controller import BACKENDS, Controller, NonFiniteAction
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BACKENDS": "resel_deploy.controller",
+    "Controller": "resel_deploy.controller",
+    "NonFiniteAction": "resel_deploy.controller",
+    "run_rollouts": "resel_deploy.rollout",  # imports gymnasium when a rollout builds its env
+    "RolloutReport": "resel_deploy.rollout",
+}
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):  # keep `import resel_deploy` free of simulator imports
-    if name in ("run_rollouts", "RolloutReport"):
-        from resel_deploy import rollout
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'resel_deploy' has no attribute {name!r}")
 
-        return getattr(rollout, name)
-    raise AttributeError(name)
 
-
-__all__ = ["BACKENDS", "Controller", "NonFiniteAction", "run_rollouts", "RolloutReport"]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

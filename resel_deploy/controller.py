@@ -57,38 +57,13 @@ from typing import Any
 
 import numpy as np
 
-from resel_deploy.artifacts import metadata_error, read_engine, read_onnx_metadata
-from resel_deploy.backends import (
-    Backend,
-    OnnxRuntimeBackend,
-    TensorRTBackend,
-    TorchBackend,
-    require_tensorrt,
-)
+from resel_deploy import bridge
+from resel_deploy.artifacts import read_onnx_metadata
+from resel_deploy.backends import Backend, OnnxRuntimeBackend
+from resel_deploy.contract import ENGINE_SUFFIXES, detect_kind, metadata_error
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-
-
-def detect_kind(path: str | Path) -> str:
-    """'checkpoint', 'onnx' or 'engine' for a model file; raises with what was expected otherwise."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory; pass a model file (e.g. {path / 'checkpoint.pt'} or an .onnx file)")
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    if path.suffix.lower() in ENGINE_SUFFIXES:
-        return "engine"
-    with path.open("rb") as f:
-        head = f.read(4)
-    if path.suffix.lower() == ".onnx":
-        return "onnx"
-    if head == b"PK\x03\x04":  # torch.save's zip container
-        return "checkpoint"
-    raise ValueError(
-        f"{path}: unrecognised model file (expected a RESeL checkpoint saved by `resel train`, "
-        f"an .onnx file from `resel export`, or a TensorRT engine ({'/'.join(ENGINE_SUFFIXES)}))"
-    )
+__all__ = ["BACKENDS", "ENGINE_SUFFIXES", "Controller", "NonFiniteAction", "checked_safe_action", "detect_kind"]
 
 
 class NonFiniteAction(RuntimeError):
@@ -133,7 +108,7 @@ class Controller:
             self._check_bounds_against_graph()
         self.safe_action = None if safe_action is None else checked_safe_action(safe_action, self.action_low,
                                                                                  self.action_high)
-        backend.zero_state()
+        backend.set_state({k: np.zeros_like(v) for k, v in backend.get_state().items()})
         h.obs.fill(0.0)
         h.prev_reward.fill(0.0)
         h.is_first.fill(1.0)
@@ -175,44 +150,27 @@ class Controller:
             raise ValueError(f"batch must be >= 1; got {batch}")
         kind = detect_kind(path)
         path = Path(path)
+        impl: Backend
         if backend == "torch":
             if kind != "checkpoint":
                 raise ValueError(f"backend='torch' runs checkpoints; {path} is an {kind} file "
                                  "(use backend='onnxruntime' for .onnx, 'tensorrt' for engines)")
-            import torch
-
-            from resel_train.stepwise import StepwisePolicy
-
-            _check_torch_device(device)
-
-            stepwise = StepwisePolicy.from_checkpoint(path)
-            if threads is not None:
-                torch.set_num_threads(threads)
-            meta = _stepwise_meta(stepwise)
-            impl = TorchBackend(stepwise, batch, device)
+            impl, meta = bridge.torch_backend(path, batch, device, threads)
         elif backend == "onnxruntime":
             if kind == "engine":
                 raise ValueError(f"{path} is a TensorRT engine; load it with backend='tensorrt'")
             model, meta = _onnx_model(path, kind)
             impl = OnnxRuntimeBackend(model, meta, batch, threads=threads or 1, flush_denormals=flush_denormals)
         else:
-            require_tensorrt()
-            if kind == "engine":
-                engine, meta = read_engine(path)
-                if batch > int(meta.get("max_batch", batch)):
-                    raise ValueError(f"{path} was built for batch <= {meta['max_batch']}; got batch={batch} "
-                                     "(rebuild with a larger max_batch)")
-            else:
-                from resel.export.tensorrt import build_engine_bytes
-
-                model, meta = _onnx_model(path, kind)
-                engine, meta = build_engine_bytes(model, meta, max_batch=max(batch, 1))
-            impl = TensorRTBackend(engine, meta, batch, source=str(path))
+            bridge.require_tensorrt()
+            model, meta = (None, {}) if kind == "engine" else _onnx_model(path, kind)
+            impl, meta = bridge.tensorrt_backend(path, kind, model, meta, batch)
         meta = {**meta, "source": str(path), "source_kind": kind}
         return cls(impl, meta, batch=batch, stochastic=stochastic, seed=seed, warmup=warmup, safe_action=safe_action)
 
     @property
     def backend(self) -> str:
+        """The name of the engine that runs the step: "onnxruntime", "torch" or "tensorrt"."""
         return self._backend.name
 
     def prepare_thread(self) -> None:
@@ -403,6 +361,7 @@ class Controller:
             return self._backend.get_state()
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the recurrent state (names as in ``state_names``), e.g. to restore one read with get_state."""
         with self._lock:
             self._backend.set_state(state)
 
@@ -441,21 +400,6 @@ def _numeric(name: str, value: Any, shape: str) -> np.ndarray:
     return arr
 
 
-def _check_torch_device(device: str | None) -> None:
-    import torch
-
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but torch sees no CUDA GPU; use device='cpu'")
-
-
 def _gumbel(rng: np.random.Generator, out: np.ndarray) -> None:
     """Standard Gumbel noise -log(-log U) written into ``out`` in place (U = 0 gives -inf: never chosen)."""
     rng.random(out=out, dtype=np.float32)
@@ -467,19 +411,7 @@ def _gumbel(rng: np.random.Generator, out: np.ndarray) -> None:
 
 
 def _flush_denormals_on_this_thread() -> None:
-    try:
-        import torch
-
-        torch.set_flush_denormal(True)
-    except ImportError:  # onnxruntime's session option still covers the loading thread
-        pass
-
-
-def _stepwise_meta(stepwise) -> dict[str, Any]:
-    from resel.export.onnx import io_spec
-
-    inputs, outputs = io_spec(stepwise)
-    return {**stepwise.metadata(), "inputs": inputs, "outputs": outputs}
+    bridge.flush_denormals_on_this_thread()
 
 
 def _onnx_model(path: Path, kind: str) -> tuple[bytes, dict[str, Any]]:
@@ -487,16 +419,4 @@ def _onnx_model(path: Path, kind: str) -> tuple[bytes, dict[str, Any]]:
     if kind == "onnx":  # numpy + onnxruntime only: what a robot without the training stack runs
         data = path.read_bytes()
         return data, read_onnx_metadata(data, path)
-    # a checkpoint is a training artifact: exporting it needs torch and the exporter (resel.export)
-    from resel.export.onnx import build_metadata, parity_error, set_metadata, stepwise_to_onnx
-    from resel_train.stepwise import StepwisePolicy
-
-    stepwise = StepwisePolicy.from_checkpoint(path)
-    model = stepwise_to_onnx(stepwise)
-    meta = build_metadata(stepwise, int(model.opset_import[0].version), "fp32")
-    set_metadata(model, meta)
-    data = model.SerializeToString()
-    abs_err, scaled = parity_error(data, stepwise, steps=32, batches=(2,))
-    if not scaled <= 1e-4:
-        raise RuntimeError(f"in-memory ONNX export of {path} disagrees with torch (max abs err {abs_err:.2e})")
-    return data, meta
+    return bridge.onnx_from_checkpoint(path)  # a training artifact: the exporter runs on the torch side

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from resel_deploy import bridge
 from resel_deploy.controller import Controller
 
 
@@ -126,9 +127,7 @@ def run_rollouts(
         if env_id is None and env is None:
             raise ValueError(f"{ctrl.metadata.get('source', model)} does not record its task id; pass env_id")
     if env is None:
-        from resel_train.envs import make_env
-
-        env = make_env(env_id, seed=seed, split=split)
+        env = bridge.make_env(env_id, seed=seed, split=split)
     notes = _check_spaces(ctrl, env, str(env_id))
     lat_ns: list[int] = []
     returns, lengths, successes = [], [], []

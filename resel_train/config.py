@@ -23,7 +23,7 @@ import yaml
 
 @dataclass
 class ModelConfig:
-    encoder: str = "mamba"  # mamba | gru | lstm | s5 | mlp
+    encoder: str = "mamba"  # a name of the encoder registry (resel_train/nets/registry.py)
     n_blocks: int = 1  # Mamba blocks, or S5 layers
     d_state: int = 64  # Mamba: per channel; S5: complex modes per layer
     d_conv: int = 8
@@ -35,12 +35,10 @@ class ModelConfig:
     input_layers: int = 1  # layers of the MLP before the memory core (Key-to-Door: 3)
 
     def encoder_kwargs(self) -> dict[str, int]:
-        if self.encoder == "s5":
-            return dict(n_layers=self.n_blocks, d_state=self.d_state, input_layers=self.input_layers)
-        if self.encoder != "mamba":
-            return dict(input_layers=self.input_layers)
-        return dict(n_blocks=self.n_blocks, d_state=self.d_state, d_conv=self.d_conv, expand=self.expand,
-                    dt_rank=self.dt_rank, input_layers=self.input_layers)
+        """The encoder's constructor arguments: the keys its registry entry reads, and input_layers."""
+        from resel_train.nets.registry import encoder_spec
+
+        return encoder_spec(self.encoder).kwargs(self)
 
 
 @dataclass
@@ -423,7 +421,7 @@ _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 def validate_config(cfg: TrainConfig) -> None:
     """Raise ValueError naming the first key that is out of range, with what is allowed."""
     from resel_train.envs import task_info
-    from resel_train.nets.encoders import ENCODER_KINDS  # the one list of encoder names
+    from resel_train.nets.registry import ENCODER_NAMES  # the one list of encoder names
 
     def need(ok: bool, key: str, allowed: str) -> None:
         if not ok:
@@ -440,7 +438,7 @@ def validate_config(cfg: TrainConfig) -> None:
         need(get_path(cfg, key) >= 0, key, "an integer >= 0" + (" (0: torch's default)" if key == "threads" else ""))
     need(cfg.steps >= cfg.warmup_steps, "steps", f"at least warmup_steps={cfg.warmup_steps} (no update would run)")
     need(bool(_DEVICE_RE.fullmatch(cfg.device)), "device", "auto, cpu, cuda or cuda:N")
-    need(cfg.model.encoder in ENCODER_KINDS, "model.encoder", ", ".join(ENCODER_KINDS))
+    need(cfg.model.encoder in ENCODER_NAMES, "model.encoder", ", ".join(ENCODER_NAMES))
     need(cfg.model.n_critics >= 2, "model.n_critics", "an integer >= 2 (a random pair of heads is used)")
     for key in ("algo.policy_lr", "algo.critic_lr", "algo.encoder_lr", "algo.alpha_lr"):
         need(finite(get_path(cfg, key)) and get_path(cfg, key) >= 0, key, "a finite learning rate >= 0")

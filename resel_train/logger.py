@@ -14,7 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from resel_deploy.extras import install_hint
-from resel_train.atomic import atomic_write
+from resel_train.persist.atomic import atomic_write
 
 COLUMNS = (
     "step", "wall_s", "steps_per_s", "episodes", "train_return", "eval_return", "eval_return_std",

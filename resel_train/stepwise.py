@@ -40,7 +40,6 @@ see ``resel_train.nets.mamba.Mamba.step``); tests check it against the parallel 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +48,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from resel_train.checkpoint import CheckpointError, load_checkpoint, nonfinite_weights, policy_from_checkpoint
+from resel_deploy import contract
 from resel_train.nets.policy import Policy, categorical_action
+from resel_train.persist.checkpoint import CheckpointError, load_checkpoint, nonfinite_weights, policy_from_checkpoint
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class StateSpec:
     shape: tuple[int, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": ["batch", *self.shape], "dtype": "float32"}
+        """The metadata's description of this tensor (see :func:`resel_deploy.contract.state_entry`)."""
+        return contract.state_entry(self.name, self.shape)
 
 
 class StepwisePolicy(nn.Module):
@@ -83,13 +84,10 @@ class StepwisePolicy(nn.Module):
         self.obs_dim, self.act_dim, self.reward_as_input = policy.obs_dim, policy.act_dim, policy.reward_as_input
         self.discrete = policy.discrete
         self.meta = dict(meta or {})
-        low, high = ([0.0], [float(self.act_dim - 1)]) if self.discrete else _bounds(action_low, action_high,
-                                                                                     self.act_dim)
-        self.action_low, self.action_high = low, high
-        scale = [(hi - lo) / 2 for lo, hi in zip(low, high, strict=True)]
-        offset = [(hi + lo) / 2 for lo, hi in zip(low, high, strict=True)]
-        self.register_buffer("act_scale", torch.tensor(scale), persistent=False)
-        self.register_buffer("act_offset", torch.tensor(offset), persistent=False)
+        self.actions = contract.ActionMapping.from_bounds(action_low, action_high, self.act_dim, self.discrete)
+        self.action_low, self.action_high = list(self.actions.low), list(self.actions.high)
+        self.register_buffer("act_scale", torch.tensor(self.actions.scale), persistent=False)
+        self.register_buffer("act_offset", torch.tensor(self.actions.offset), persistent=False)
         self.register_buffer("action_ids", torch.arange(self.act_dim), persistent=False)  # discrete: one-hot
         encoder = policy.encoder
         example = encoder.initial_state(1)
@@ -127,11 +125,17 @@ class StepwisePolicy(nn.Module):
 
     # ---- state --------------------------------------------------------------------------------
     def state_spec(self) -> list[StateSpec]:
-        """Names and per-row shapes of the state tensors, in the order ``forward`` takes them."""
-        return [StateSpec("prev_obs", (self.obs_dim,)), StateSpec("prev_act", (self.act_dim,)), *self._encoder_specs]
+        """Names and per-row shapes of the state tensors, in the order ``forward`` takes them (the contract's layout)."""
+        layout = contract.state_layout(self.obs_dim, self.act_dim, [(s.name, s.shape) for s in self._encoder_specs])
+        return [StateSpec(n, shape) for n, shape in layout]
 
     def state_names(self) -> list[str]:
+        """The state tensors' names, in order."""
         return [s.name for s in self.state_spec()]
+
+    def io_spec(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The step's graph inputs and outputs: names, shapes and dtypes (see :func:`resel_deploy.contract.io_spec`)."""
+        return contract.io_spec(self.obs_dim, self.act_dim, self.discrete, [(s.name, s.shape) for s in self.state_spec()])
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> tuple[Tensor, ...]:
         """All-zero state for ``batch`` robots (equivalent to starting every episode with is_first = 1)."""
@@ -139,27 +143,20 @@ class StepwisePolicy(nn.Module):
 
     def metadata(self) -> dict[str, Any]:
         """What a deployed artifact needs to describe itself (dims, bounds, state layout)."""
-        return {
-            "obs_dim": self.obs_dim,
-            "act_dim": self.act_dim,
-            "reward_as_input": self.reward_as_input,
-            "action_low": list(self.action_low),
-            "action_high": list(self.action_high),
-            "discrete": self.discrete,
-            "task_id": self.meta.get("task_id"),
-            "encoder": self.meta.get("encoder") or type(self.policy.encoder).__name__,
-            "state_layout": [s.as_dict() for s in self.state_spec()],
-        }
+        return contract.stepwise_metadata(
+            self.obs_dim, self.act_dim, self.reward_as_input, self.actions, self.meta.get("task_id"),
+            self.meta.get("encoder") or type(self.policy.encoder).__name__,
+            [(s.name, s.shape) for s in self.state_spec()])
 
     # ---- the step -----------------------------------------------------------------------------
     def forward(self, obs: Tensor, prev_reward: Tensor, is_first: Tensor, noise: Tensor, *state: Tensor):
+        """One step: (inputs, state) -> (action, head pair, new state); see the module docstring."""
         prev_obs, prev_act, enc_state = state[0], state[1], state[2:]
         keep = (1.0 - is_first)[:, None]  # (b, 1)
-        pol = self.policy
         prev_rew = prev_reward * keep if self.reward_as_input else None
-        x = pol.embedding(obs, prev_obs * keep, prev_act * keep, prev_rew)
-        context, new_enc_state = pol.encoder.step(x, is_first, tuple(enc_state))  # the training nets' own step
-        mean, log_std = pol._head(obs, context)
+        # the training networks' own step (one implementation, also what the sequence form is tested against)
+        mean, log_std, new_enc_state = self.policy.step(obs, prev_obs * keep, prev_act * keep, prev_rew, is_first,
+                                                        tuple(enc_state))
         if self.discrete:  # (logits, log_probs); Gumbel-max with the given noise, written export-friendly
             action = categorical_action(mean, noise)
             one_hot = (action[:, None] == self.action_ids).to(obs.dtype)
@@ -192,25 +189,3 @@ class StepwisePolicy(nn.Module):
         out = self(obs, prev_reward, is_first.reshape(batch).to(obs.dtype), noise, *state)
         return out[0], tuple(out[3:])
 
-
-def _bounds(low, high, act_dim: int) -> tuple[list[float], list[float]]:
-    """Finite per-dimension bounds; missing or infinite bounds leave the squashed action unscaled."""
-    if low is None or high is None:
-        return [-1.0] * act_dim, [1.0] * act_dim
-    low = [float(v) for v in torch.as_tensor(low, dtype=torch.float64).reshape(-1).tolist()]
-    high = [float(v) for v in torch.as_tensor(high, dtype=torch.float64).reshape(-1).tolist()]
-    if len(low) == 1:
-        low = low * act_dim
-    if len(high) == 1:
-        high = high * act_dim
-    if len(low) != act_dim or len(high) != act_dim:
-        raise ValueError(f"action bounds must have act_dim={act_dim} entries; got {len(low)} and {len(high)}")
-    out_lo, out_hi = [], []
-    for lo, hi in zip(low, high, strict=True):
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            lo, hi = -1.0, 1.0
-        if hi < lo:
-            raise ValueError(f"action_high {hi} < action_low {lo}")
-        out_lo.append(lo)
-        out_hi.append(hi)
-    return out_lo, out_hi

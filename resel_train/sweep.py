@@ -18,16 +18,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resel_train.atomic import atomic_write
-from resel_train.checkpoint import load_checkpoint, remove_unreferenced
 from resel_train.config import TrainConfig, config_from_dict, resolve_config
+from resel_train.nets.registry import ENCODER_NAMES
+from resel_train.persist.atomic import atomic_write
+from resel_train.persist.checkpoint import load_checkpoint, remove_unreferenced
 from resel_train.trainer import CHECKPOINT, Trainer, run_dir_for
 
 MANIFEST = "sweep.json"
 MANIFEST_FORMAT = "resel-sweep"
 MANIFEST_VERSION = 1
 STATUSES = ("pending", "running", "finished", "failed", "lost", "interrupted")
-ENCODERS = ("mamba", "gru", "mlp")
+ENCODERS = ENCODER_NAMES  # every encoder of the registry
 
 
 @dataclass

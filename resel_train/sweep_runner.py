@@ -29,9 +29,9 @@ except ImportError as exc:
     raise ImportError(f"`resel sweep` needs Ray: {install_hint('ray')}") from exc
 
 import resel_train
-from resel_train.checkpoint import CheckpointError
 from resel_train.config import config_to_dict
-from resel_train.runlock import RunLock
+from resel_train.persist.checkpoint import CheckpointError
+from resel_train.persist.runlock import RunLock
 from resel_train.sweep import Manifest, SweepGrid, Trial, TrialRecord, plan_trials, record_for, run_trial, trial_state
 from resel_train.trainer import CHECKPOINT
 
@@ -84,7 +84,7 @@ def run_sweep(sweep_dir: str | Path, grid: SweepGrid | None, options: SweepOptio
     """Run (or continue) the sweep in ``sweep_dir``; ``grid`` None reuses the manifest's grid.
 
     One driver per sweep folder: ``sweep.lock`` (a kernel flock, free when its holder dies) is taken before the
-    manifest is read, so a second driver is refused naming the holder; :class:`~resel_train.runlock.RunLocked`.
+    manifest is read, so a second driver is refused naming the holder; :class:`~resel_train.persist.runlock.RunLocked`.
     """
     console = console or Console()
     sweep_dir = Path(sweep_dir).resolve()

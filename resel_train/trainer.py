@@ -27,11 +27,19 @@ import torch
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from resel_deploy.contract import ActionMapping
 from resel_train.algo import RESeL
-from resel_train.atomic import atomic_write
 from resel_train.buffer import Batch, TrajectoryBuffer
 from resel_train.callbacks import BaseCallback, CallbackList, default_callbacks
-from resel_train.checkpoint import (
+from resel_train.config import TrainConfig, config_from_dict, config_to_dict, resume_config, validate_config
+from resel_train.envs import make_env, task_info
+from resel_train.graphed_update import GraphedUpdate
+from resel_train.guard import DivergenceGuard, TrainingDiverged
+from resel_train.logger import RunLogger
+from resel_train.nets.policy import Policy, gumbel_noise
+from resel_train.nets.registry import encoder_spec
+from resel_train.persist.atomic import atomic_write
+from resel_train.persist.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
     load_replay,
@@ -39,13 +47,7 @@ from resel_train.checkpoint import (
     remove_unreferenced,
     save_run_state,
 )
-from resel_train.config import TrainConfig, config_from_dict, config_to_dict, resume_config, validate_config
-from resel_train.envs import make_env, task_info
-from resel_train.graphed_update import GraphedUpdate
-from resel_train.guard import DivergenceGuard, TrainingDiverged
-from resel_train.logger import RunLogger
-from resel_train.nets.policy import Policy, gumbel_noise
-from resel_train.runlock import RunLock, RunLocked
+from resel_train.persist.runlock import RunLock, RunLocked
 from resel_train.stepwise import StepwisePolicy
 
 
@@ -218,19 +220,17 @@ class Trainer:
         self.env = make_env(cfg.env, seed=cfg.seed)
         self.eval_env = make_env(cfg.env, seed=cfg.seed + 10_000, split="test")
         self.obs_dim = int(np.prod(self.env.observation_space.shape))
-        if self.discrete:  # actions are one-hot vectors inside the agent and the replay; the env gets the index
-            self.act_dim = int(self.env.action_space.n)
-            self.low, self.high = np.zeros(1, np.float32), np.full(1, self.act_dim - 1, np.float32)
-        else:
-            self.act_dim = int(np.prod(self.env.action_space.shape))
-            self.low = self.env.action_space.low.astype(np.float32)
-            self.high = self.env.action_space.high.astype(np.float32)
+        # the deploy contract's mapping (the exported graph's): one-hot -> index, or [-1, 1] -> the finite bounds
+        self.actions = ActionMapping.from_space(self.env.action_space)
+        self.act_dim = int(self.env.action_space.n) if self.discrete else int(np.prod(self.env.action_space.shape))
+        self.low, self.high = np.asarray(self.actions.low, np.float32), np.asarray(self.actions.high, np.float32)
         self.agent = RESeL(self.obs_dim, self.act_dim, info.reward_as_input, cfg.model, cfg.algo, cfg.seed, self.device,
                            discrete=self.discrete)
         self.graphed_update = GraphedUpdate(self.agent) if self.uses_cuda_graphs else None
         self.prefetch = Prefetch()
-        self.buffer = TrajectoryBuffer(
-            self.obs_dim, self.act_dim, cfg.replay_capacity, pad=cfg.model.d_conv - 1, seed=cfg.seed
+        self.buffer = TrajectoryBuffer(  # the padding the encoder needs between packed trajectories
+            self.obs_dim, self.act_dim, cfg.replay_capacity, pad=encoder_spec(cfg.model.encoder).replay_pad(cfg.model),
+            seed=cfg.seed
         )
         self.rng = np.random.default_rng(cfg.seed)
         self.collect_generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -268,9 +268,7 @@ class Trainer:
 
     def to_env_action(self, action: np.ndarray) -> np.ndarray | int:
         """The policy's action in env units: rescaled from [-1, 1], or the index of a one-hot action."""
-        if self.discrete:
-            return int(np.argmax(action))
-        return self.low + (action + 1.0) * 0.5 * (self.high - self.low)
+        return self.actions.to_env(action)
 
     # ---- the loop ---------------------------------------------------------------------------------
     def train(self, show_progress: bool = True,
@@ -377,9 +375,10 @@ class Trainer:
 
     @property
     def uses_cuda_graphs(self) -> bool:
-        """Graphs on CUDA unless switched off; the GRU's and LSTM's cuDNN layout (one trajectory per row) needs
-        a host sync per call, so they run eagerly."""
-        return self.device.type == "cuda" and self.cfg.cuda_graphs and self.cfg.model.encoder not in ("gru", "lstm")
+        """Graphs on CUDA unless switched off or the encoder cannot be captured (its registry entry says; the
+        GRU's and LSTM's cuDNN layout, one trajectory per row, needs a host sync per call, so they run eagerly)."""
+        return (self.device.type == "cuda" and self.cfg.cuda_graphs
+                and encoder_spec(self.cfg.model.encoder).cuda_graphs)
 
     def update_once(self) -> dict[str, torch.Tensor]:
         """Sample, draw the update's noise on the host, launch one update; metrics stay on the device.

@@ -14,8 +14,8 @@ from resel import RESeL
 from resel.api import FORMATS
 from resel_deploy import Controller
 from resel_train.callbacks import BaseCallback, CheckpointCallback, EvalCallback, StopTrainingOnRewardThreshold
-from resel_train.checkpoint import load_checkpoint
 from resel_train.envs import make_env
+from resel_train.persist.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # Wind: 75-step episodes and the previous reward as a policy input (so predict's reward path is exercised)

@@ -13,8 +13,8 @@ import pytest
 from resel import RESeL
 from resel_deploy import NonFiniteAction
 from resel_train.callbacks import BaseCallback
-from resel_train.checkpoint import load_checkpoint
-from resel_train.runlock import RunLocked
+from resel_train.persist.checkpoint import load_checkpoint
+from resel_train.persist.runlock import RunLocked
 from tests.test_api import TINY, WARMUP, tiny
 
 

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from resel.cli.main import app
 from resel_deploy.rollout import run_rollouts
-from resel_train.checkpoint import load_checkpoint
 from resel_train.logger import read_metrics
+from resel_train.persist.checkpoint import load_checkpoint
 
 runner = CliRunner()
 TINY = ["--set", "model.d_state=4", "--set", "model.d_conv=4", "--set", "model.embed=16", "--set", "model.hidden=16",

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from resel_train.atomic import atomic_write
-from resel_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, verify_checkpoint
-from resel_train.crashpoint import ENV_VAR
-from resel_train.runlock import RunLock, RunLocked
+from resel_train.persist import crashpoint
+from resel_train.persist.atomic import atomic_write
+from resel_train.persist.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, verify_checkpoint
+from resel_train.persist.runlock import RunLock, RunLocked
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.d_state=4", "--set", "model.d_conv=4", "--set", "model.embed=16", "--set", "model.hidden=16",
@@ -33,10 +33,11 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def train(out: Path, steps: int, *extra: str, crash_at: str | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "resel.cli.main", "train", "--env", "Pendulum-V", "--steps", str(steps), "--out", str(out),
+    """`resel train` in a subprocess; ``crash_at``: through tests/crash_hook.py, which SIGKILLs it at that point."""
+    cli = [str(ROOT / "tests" / "crash_hook.py"), crash_at] if crash_at else ["-m", "resel.cli.main"]
+    cmd = [sys.executable, *cli, "train", "--env", "Pendulum-V", "--steps", str(steps), "--out", str(out),
            "--no-progress", *TINY, *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env(**({ENV_VAR: crash_at} if crash_at else {})),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def logged_steps(run: Path) -> list[int]:
@@ -56,6 +57,19 @@ def wait_for_step(proc: subprocess.Popen, run: Path, step: int, timeout: float =
             return
         time.sleep(0.05)
     raise AssertionError(f"run did not reach step {step}")
+
+
+def test_the_crash_seam_is_a_hook_that_tests_install(tmp_path, monkeypatch):
+    seen: list[str] = []
+    previous = crashpoint.install(seen.append)
+    try:
+        atomic_write(tmp_path / "f.bin", b"x")
+    finally:
+        assert crashpoint.install(previous) == seen.append
+    assert seen == ["f.bin:partial", "f.bin:synced", "f.bin:renamed"]
+    monkeypatch.setenv("RESEL_CRASH_AT", "g.bin:synced")  # the old environment switch reaches no write
+    atomic_write(tmp_path / "g.bin", b"y")
+    assert (tmp_path / "g.bin").read_bytes() == b"y" and len(seen) == 3
 
 
 def test_sigkill_at_every_moment_of_a_save_never_loses_the_run(tmp_path):
@@ -129,7 +143,8 @@ def test_second_process_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_pat
     run = tmp_path / "Pendulum-V_mamba_s0"
     run.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from resel_train.runlock import RunLock; "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from resel_train.persist.runlock import RunLock; "
          "lock = RunLock(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(600)", str(run)],
         cwd=ROOT, env=env(), stdout=subprocess.PIPE, text=True)
     try:

@@ -10,9 +10,9 @@ import torch
 from resel.export.onnx import export_onnx
 from resel_deploy import Controller
 from resel_deploy.controller import detect_kind
-from resel_deploy.testing import SMALL_MAMBA, make_random_checkpoint
-from resel_train.checkpoint import CheckpointError
+from resel_train.persist.checkpoint import CheckpointError
 from resel_train.stepwise import StepwisePolicy
+from resel_train.testing import SMALL_MAMBA, make_random_checkpoint
 
 torch.set_num_threads(1)
 OBS, ACT = 7, 3

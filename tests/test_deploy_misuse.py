@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from resel.cli.main import app
 from resel.export.onnx import export_onnx
 from resel_deploy import Controller
-from resel_deploy.artifacts import MetadataError
-from resel_deploy.testing import SMALL_MAMBA, make_random_checkpoint
+from resel_deploy.contract import MetadataError
+from resel_train.testing import SMALL_MAMBA, make_random_checkpoint
 
 OBS, ACT = 3, 2
 LOW, HIGH = [-2.0, 0.0], [2.0, 1.0]

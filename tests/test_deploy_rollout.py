@@ -7,8 +7,8 @@ from rich.console import Console
 
 from resel.export.onnx import export_onnx
 from resel_deploy.rollout import RolloutReport, latency_stats, run_rollouts
-from resel_deploy.testing import make_random_checkpoint
-from resel_train.checkpoint import load_checkpoint, policy_from_checkpoint
+from resel_train.persist.checkpoint import load_checkpoint, policy_from_checkpoint
+from resel_train.testing import make_random_checkpoint
 
 pytest.importorskip("mujoco")
 torch.set_num_threads(1)

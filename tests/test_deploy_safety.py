@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from resel_deploy import Controller, NonFiniteAction
-from resel_deploy.testing import SMALL_MAMBA, make_random_checkpoint
+from resel_train.testing import SMALL_MAMBA, make_random_checkpoint
 
 OBS, ACT = 3, 2
 LOW, HIGH = [-2.0, 0.0], [2.0, 1.0]

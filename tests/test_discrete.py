@@ -9,12 +9,12 @@ import torch
 
 from resel_train.algo import RESeL, UpdateNoise
 from resel_train.buffer import TrajectoryBuffer
-from resel_train.checkpoint import load_checkpoint
 from resel_train.config import resolve_config
 from resel_train.logger import read_metrics
 from resel_train.nets.critic import Critic
 from resel_train.nets.encoders import make_encoder
 from resel_train.nets.policy import Policy, categorical_action, gumbel_noise
+from resel_train.persist.checkpoint import load_checkpoint
 from resel_train.trainer import Trainer
 
 TINY = ["model.d_state=4", "model.embed=16", "model.hidden=16", "model.dt_rank=2", "algo.batch_size=64"]

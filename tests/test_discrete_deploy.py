@@ -9,10 +9,11 @@ from typer.testing import CliRunner
 
 from resel.cli.main import app
 from resel.export.onnx import export_onnx, read_metadata
+from resel_deploy.contract import state_in
 from resel_deploy.controller import Controller
 from resel_deploy.rollout import run_rollouts
-from resel_deploy.testing import make_random_checkpoint
 from resel_train.stepwise import StepwisePolicy
+from resel_train.testing import make_random_checkpoint
 
 torch.set_num_threads(1)
 OBS, N_ACT = 75, 4
@@ -60,7 +61,7 @@ def test_onnx_greedy_actions_equal_torch_step_and_parallel_forward(keydoor, batc
                 "noise": noise}
         with torch.inference_mode():
             out = sp(*(torch.from_numpy(feed[k]) for k in IN), *st_torch)
-        got = session.run(None, {**feed, **{"state_in." + n: s for n, s in zip(names, st_onnx, strict=True)}})
+        got = session.run(None, {**feed, **{state_in(n): s for n, s in zip(names, st_onnx, strict=True)}})
         assert got[0].dtype == np.int64 and np.array_equal(got[0], out[0].numpy()), f"step {t}"
         np.testing.assert_allclose(got[1], out[1].numpy(), rtol=1e-4, atol=1e-5)
         assert np.array_equal(out[0].numpy(), out[1].numpy().argmax(-1))  # greedy

@@ -10,8 +10,9 @@ import torch
 
 from resel.export.onnx import export_onnx, read_metadata
 from resel_deploy import Controller
-from resel_deploy.testing import make_random_checkpoint
+from resel_deploy.contract import state_in, state_out
 from resel_train.stepwise import StepwisePolicy
+from resel_train.testing import make_random_checkpoint
 
 torch.set_num_threads(1)
 OBS, ACT = 5, 2
@@ -43,10 +44,10 @@ def test_graph_has_explicit_real_state_and_a_parity_certificate(exported):
     names, shapes = CASES[kind][1], CASES[kind][2]
     model = onnx.load(str(report.path))
     onnx.checker.check_model(model, full_check=True)
-    assert [i.name for i in model.graph.input] == [*IN, "state_in.prev_obs", "state_in.prev_act",
-                                                   *("state_in." + n for n in names)]
-    assert [o.name for o in model.graph.output][3:] == ["state_out.prev_obs", "state_out.prev_act",
-                                                         *("state_out." + n for n in names)]
+    assert [i.name for i in model.graph.input] == [*IN, state_in("prev_obs"), state_in("prev_act"),
+                                                   *(state_in(n) for n in names)]
+    assert [o.name for o in model.graph.output][3:] == [state_out("prev_obs"), state_out("prev_act"),
+                                                         *(state_out(n) for n in names)]
     for v in list(model.graph.input) + list(model.graph.output):
         assert v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, v.name
     meta = read_metadata(report.path)
@@ -78,7 +79,7 @@ def test_onnx_equals_torch_step_equals_parallel_forward(exported):
         feed = {k: v[:, t] for k, v in seq.items()}
         with torch.inference_mode():
             out = sp(*(torch.from_numpy(feed[k]) for k in IN), *st_torch)
-        got = session.run(None, {**feed, **{"state_in." + n: s for n, s in zip(names, st_onnx, strict=True)}})
+        got = session.run(None, {**feed, **{state_in(n): s for n, s in zip(names, st_onnx, strict=True)}})
         for a, b in zip(got, out, strict=True):
             np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-5, err_msg=f"step {t}")
         st_torch, st_onnx = out[3:], got[3:]

@@ -19,9 +19,10 @@ from resel.export.onnx import (
     read_metadata,
     to_mixed_fp16,
 )
-from resel_deploy.testing import SMALL_MAMBA, make_random_checkpoint
-from resel_train.checkpoint import CheckpointError
+from resel_deploy.contract import state_in, state_out
+from resel_train.persist.checkpoint import CheckpointError
 from resel_train.stepwise import StepwisePolicy
+from resel_train.testing import SMALL_MAMBA, make_random_checkpoint
 
 torch.set_num_threads(1)
 IN = ("obs", "prev_reward", "is_first", "noise")
@@ -51,16 +52,16 @@ def test_graph_contract_and_metadata(paper):
     assert all(i.data_location == onnx.TensorProto.DEFAULT for i in model.graph.initializer)
     assert model.opset_import[0].version == OPSET
     names = ["prev_obs", "prev_act", "block0.conv", "block0.ssm"]
-    assert [i.name for i in model.graph.input] == [*IN, *("state_in." + n for n in names)]
+    assert [i.name for i in model.graph.input] == [*IN, *(state_in(n) for n in names)]
     assert [o.name for o in model.graph.output] == [
-        "action", "action_mean", "action_log_std", *("state_out." + n for n in names)]
+        "action", "action_mean", "action_log_std", *(state_out(n) for n in names)]
     shapes = {}
     for v in list(model.graph.input) + list(model.graph.output):
         assert v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, v.name
         dims = v.type.tensor_type.shape.dim
         assert dims[0].dim_param == "batch", v.name  # dynamic batch axis
         shapes[v.name] = [d.dim_value for d in dims[1:]]
-    assert shapes["state_in.block0.ssm"] == [512, 64] and shapes["state_in.block0.conv"] == [512, 7]
+    assert shapes[state_in("block0.ssm")] == [512, 64] and shapes[state_in("block0.conv")] == [512, 7]
     assert shapes["is_first"] == [] and shapes["prev_reward"] == [1]
     meta = read_metadata(path)
     assert meta["obs_dim"] == 17 and meta["act_dim"] == 6 and meta["reward_as_input"] is False
@@ -107,7 +108,7 @@ def test_onnx_equals_torch_step_equals_parallel_forward(paper, batch):
         feed = {k: v[:, t] for k, v in seq.items()}
         with torch.inference_mode():
             out = sp(*(torch.from_numpy(feed[k]) for k in IN), *st_torch)
-        got = session.run(None, {**feed, **{"state_in." + n: s for n, s in zip(names, st_onnx, strict=False)}})
+        got = session.run(None, {**feed, **{state_in(n): s for n, s in zip(names, st_onnx, strict=False)}})
         for name, a, b in zip(names_out, got, out, strict=False):  # every output and every state, every step
             b = b.numpy()
             excess = float(np.max(np.abs(a - b) - 1e-5 * np.abs(b)))

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from resel.export.tensorrt import TensorRTUnavailable, build_engine, read_engine, tensorrt_unavailable_reason
+from resel.export.tensorrt import TensorRTUnavailable, build_engine, tensorrt_unavailable_reason
 from resel_deploy import Controller
-from resel_deploy.testing import make_random_checkpoint
+from resel_deploy.artifacts import read_engine
+from resel_deploy.contract import state_in, state_out
+from resel_train.testing import make_random_checkpoint
 
 REASON = tensorrt_unavailable_reason()
 needs_trt = pytest.mark.skipif(REASON is not None, reason=str(REASON))
@@ -82,5 +84,5 @@ def test_ping_pong_buffers_are_distinct(ckpt):
     for i in range(2):
         addresses = dict(backend._addresses[i])
         for name in ctrl.state_names:
-            assert addresses["state_in." + name] != addresses["state_out." + name]
+            assert addresses[state_in(name)] != addresses[state_out(name)]
     assert torch.cuda.is_available()

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from resel.cli.main import app
-from resel_train.checkpoint import load_checkpoint, verify_checkpoint
+from resel_train.persist.checkpoint import load_checkpoint, verify_checkpoint
 from tests.test_cli_errors import train
 
 ROOT = Path(__file__).resolve().parents[1]

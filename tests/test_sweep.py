@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from resel.cli.main import app
 from resel_deploy.extras import install_hint
-from resel_train.checkpoint import CheckpointError, load_checkpoint
+from resel_train.persist.checkpoint import CheckpointError, load_checkpoint
 from resel_train.report import markdown_table, write_report
 from resel_train.sweep import SweepGrid, plan_trials
 from tests.test_cli import TINY
@@ -183,3 +183,14 @@ def test_report_keeps_the_rows_logged_after_a_resume(tmp_path):
     assert (cell.n, cell.mean, cell.se) == (2, pytest.approx(-600), pytest.approx(100))  # not the stale -5000
     assert ("Hopper", "mamba", 1000) not in report.cells  # no run got that far
     assert "4400 @ 5M" in markdown_table(report)
+
+
+@needs_ray
+def test_sweep_runs_the_lstm_and_s5_encoders(tmp_path):
+    out = tmp_path / "sweep"
+    text = invoke("sweep", "--out", str(out), "--envs", "Pendulum-V", "--seeds", "1", "--steps", "220",
+                  "--num-cpus", "2", "--encoders", "lstm,s5", *TINY)
+    assert "finished Pendulum-V/lstm/0" in text and "finished Pendulum-V/s5/0" in text
+    for encoder in ("lstm", "s5"):
+        data = load_checkpoint(out / f"Pendulum-V_{encoder}_s0" / "checkpoint.pt")
+        assert data["model"]["encoder"] == encoder and data["counters"]["env_steps"] == 220

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from resel_train.checkpoint import load_checkpoint
 from resel_train.config import resolve_config
 from resel_train.envs import task_info
+from resel_train.persist.checkpoint import load_checkpoint
 from resel_train.stepwise import StepwisePolicy
 from resel_train.trainer import Trainer
 

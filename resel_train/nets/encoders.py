@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resel_train.nets.mamba import MambaBlock
+from resel_train.nets.registry import encoder_spec
 from resel_train.nets.s5 import S5Layer
 from resel_train.nets.segments import segment_layout
 from resel_train.ops import cpu_kernel
 from resel_train.ops.activations import elu
 
 State = tuple[Tensor, ...]
-ENCODER_KINDS = ("mamba", "gru", "lstm", "s5", "mlp")
 
 
 class ContextEncoder(nn.Module):
@@ -284,18 +284,10 @@ class MLPEncoder(ContextEncoder):
 
 def make_encoder(kind: str, in_dim: int, out_dim: int = 128, hidden: int = 256, input_layers: int = 1,
                  **kwargs) -> ContextEncoder:
-    """Build a context encoder by name. ``input_layers``: the MLP before the memory core (all kinds);
-    ``kwargs`` go to Mamba (n_blocks, d_state, ...) and S5 (n_layers, d_state, ...); GRU, LSTM and MLP take none."""
-    if kind == "mamba":
-        return MambaEncoder(in_dim, out_dim, hidden, input_layers=input_layers, **kwargs)
-    if kind == "s5":
-        return S5Encoder(in_dim, out_dim, hidden, input_layers=input_layers, **kwargs)
-    if kind in ("gru", "lstm", "mlp") and kwargs:
+    """Build a context encoder by its registry name. ``input_layers``: the MLP before the memory core (all kinds);
+    ``kwargs``: the encoder's own section (Mamba: n_blocks, d_state, ...; S5: n_layers, d_state, ...); GRU, LSTM
+    and MLP take none."""
+    spec = encoder_spec(kind)
+    if not spec.config and kwargs:
         raise ValueError(f"the {kind} encoder takes no encoder_kwargs; got {sorted(kwargs)}")
-    if kind == "gru":
-        return GRUEncoder(in_dim, out_dim, hidden, input_layers)
-    if kind == "lstm":
-        return LSTMEncoder(in_dim, out_dim, hidden, input_layers)
-    if kind == "mlp":
-        return MLPEncoder(in_dim, out_dim, hidden, input_layers)
-    raise ValueError(f"unknown encoder {kind!r}; choose one of {ENCODER_KINDS}")
+    return globals()[spec.cls](in_dim, out_dim, hidden, input_layers=input_layers, **kwargs)

@@ -67,7 +67,8 @@ class Policy(nn.Module):
     def step(
         self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None, reset: Tensor, state: State
     ) -> tuple[Tensor, Tensor, State]:
-        """One control step, (b, .) inputs, O(1) in the episode length."""
+        """One control step, (b, .) inputs, O(1) in the episode length: the step that
+        :class:`~resel_train.stepwise.StepwisePolicy` (collection, ``predict``, export, the torch backend) runs."""
         context, state = self.encoder.step(self.embedding(obs, prev_obs, prev_act, prev_rew), reset, state)
         mean, log_std = self._head(obs, context)
         return mean, log_std, state

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from resel_train.crashpoint import crash_point
+from resel_train.persist.crashpoint import crash_point
 
 TEMP_SUFFIX = ".tmp"
 _TEMP_RE = re.compile(r"\.[0-9a-f]{16}\.tmp$")
@@ -23,7 +23,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object] | bytes) 
     named ``<name>.<16 hex>.tmp`` so :func:`remove_temp_files` can find what a killed write left.
     Any disk error (full disk, quota, I/O error) leaves ``path`` as it was and raises ``OSError`` naming ``path``,
     even when the writer wrapped it in its own exception type.
-    Crash points (see :mod:`resel_train.crashpoint`): ``<name>:partial`` (payload handed over but
+    Crash points (see :mod:`resel_train.persist.crashpoint`): ``<name>:partial`` (payload handed over but
     not flushed), ``<name>:synced`` (complete temp file, before the rename), ``<name>:renamed``.
     """
     path = Path(path)

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from resel_train.atomic import atomic_write, fsync_dir, remove_temp_files
-from resel_train.crashpoint import crash_point
 from resel_train.nets.policy import Policy
+from resel_train.persist.atomic import atomic_write, fsync_dir, remove_temp_files
+from resel_train.persist.crashpoint import crash_point
 
 FORMAT = "resel-checkpoint"
 VERSION = 2  # 2: checksummed, replay in replay-<step>.pt; 1: no checksum, replay.pt

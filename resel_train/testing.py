@@ -1,4 +1,5 @@
-"""Random-weight checkpoints in the trainer's layout, for tests, benchmarks and the examples.
+"""Random-weight checkpoints in the trainer's layout, for tests, benchmarks and the examples (torch side:
+the deploy package never imports it).
 
 A freshly initialised policy has all-zero biases and identical norm weights, which would hide
 bugs in bias and scale handling, so ``perturb`` adds small noise to every parameter.
@@ -11,8 +12,8 @@ from typing import Any
 
 import torch
 
-from resel_train.checkpoint import save_checkpoint
 from resel_train.nets.policy import Policy
+from resel_train.persist.checkpoint import save_checkpoint
 
 PAPER_MAMBA = {"n_blocks": 1, "d_state": 64, "d_conv": 8, "expand": 2, "dt_rank": 16}
 SMALL_MAMBA = {"n_blocks": 1, "d_state": 8, "d_conv": 4, "expand": 2, "dt_rank": 4}
@@ -47,6 +48,7 @@ def model_spec(
 
 
 def random_policy(spec: dict[str, Any], seed: int = 0, perturb: float = 0.02) -> Policy:
+    """The policy of ``spec`` with seeded weights, each parameter moved by ``perturb`` noise (see the module doc)."""
     torch.manual_seed(seed)
     policy = Policy(spec["obs_dim"], spec["act_dim"], spec["reward_as_input"], spec["encoder"],
                     spec["encoder_kwargs"], spec["embed"], spec["hidden"], spec.get("discrete", False))
