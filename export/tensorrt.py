@@ -45,6 +45,7 @@ from resel_deploy.contract import (
     state_shapes,
     validate_metadata,
 )
+from resel_deploy.extras import install_hint
 from resel_train.persist.atomic import atomic_write
 
 __all__ = ["TensorRTBackend", "TensorRTUnavailable", "build_engine", "build_engine_bytes", "require_tensorrt",
