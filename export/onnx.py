@@ -238,7 +238,8 @@ def export_onnx(
     ``onnx.checker.check_model(full_check=True)``. Nothing is written when a check fails
     (:class:`ExportError` / :class:`ParityError`). Returns an :class:`ExportReport`; the measured
     errors are stored in the file's metadata (the parity certificate). ``write=False``: the same export and
-    checks in memory only (what ``Controller.load(checkpoint)`` runs); the graph is the report's ``data``.
+    checks in memory only (what ``Controller.load(checkpoint)`` runs; ``out`` is not used); the graph is the
+    report's ``data``.
     """
     onnx = _require("onnx")
     start = time.perf_counter()

@@ -165,3 +165,18 @@ def test_the_trainer_maps_an_unbounded_box_like_the_deployed_policy(tmp_path, mo
     ctrl = Controller.load(ckpt, backend="torch")
     np.testing.assert_allclose(ctrl.step(obs), trainer.to_env_action(squashed), atol=1e-6)
     assert np.isfinite(trainer.to_env_action(squashed)).all()
+
+
+def test_a_checkpoint_loads_through_the_exporter_itself(tmp_path):
+    """Controller.load(checkpoint) runs export_onnx in memory: the same graph, checks and parity certificate as
+    `resel export` writes to a file."""
+    from resel.export.onnx import export_onnx
+
+    ckpt = make_random_checkpoint(tmp_path / "c.pt", obs_dim=3, act_dim=2, encoder="mlp", embed=8, hidden=16)
+    written = export_onnx(ckpt)
+    ctrl = Controller.load(ckpt)
+    for key in ("parity_check", "parity_max_abs_error", "state_layout", "inputs", "outputs", "precision"):
+        assert ctrl.metadata[key] == written.metadata[key], key
+    from_file = Controller.load(written.path)
+    obs = np.linspace(-1, 1, 3, dtype=np.float32)
+    np.testing.assert_array_equal(ctrl.step(obs), from_file.step(obs))
