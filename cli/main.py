@@ -280,7 +280,7 @@ def plot(
     metric: Annotated[str, typer.Option(help="Column of metrics.csv to plot.")] = "eval_return",
     title: Annotated[str, typer.Option(help="Figure title.")] = "",
 ) -> None:
-    """Plot learning curves (mean and min-max over runs sharing a label) to a PNG."""
+    """Plot learning curves (mean ± standard error over runs sharing a label) to a PNG."""
     from resel_experiments.plots import plot_runs
 
     groups: dict[str, list[Path]] = {}
