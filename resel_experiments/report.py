@@ -39,6 +39,7 @@ class RunCurve:
 
     @property
     def finished(self) -> bool:
+        """Whether the run logged its target step."""
         return self.last_step >= self.target_steps
 
     def value_at(self, step: int) -> float | None:
@@ -69,6 +70,7 @@ class Report:
 
     @property
     def finished(self) -> int:
+        """Runs that reached their target step."""
         return sum(r.finished for r in self.runs)
 
 
@@ -155,6 +157,7 @@ def find_runs(sweep_dir: Path, manifest: Manifest | None = None, metric: str = "
 
 
 def aggregate(runs: list[RunCurve], steps: list[int]) -> dict[tuple[str, str, int], Cell]:
+    """Mean ± standard error over seeds per (task, encoder, step), from the seeds that reached the step."""
     cells = {}
     for (env, encoder), members in _groups(runs).items():
         for step in steps:

@@ -66,9 +66,11 @@ class ProgressBoard:
         self.rows: dict[str, dict[str, Any]] = {}
 
     def report(self, trial_id: str, row: dict[str, Any]) -> None:
+        """Store a trial's latest progress row."""
         self.rows[trial_id] = row
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
+        """The latest row of every trial (read by the driver's display)."""
         return self.rows
 
 

@@ -47,10 +47,12 @@ class Trial:
 
     @property
     def id(self) -> str:
+        """ENV/encoder/seed."""
         return trial_id(self.env, self.encoder, self.seed)
 
     @property
     def run_dir(self) -> Path:
+        """The trial's run folder (``<sweep folder>/<env>_<encoder>_s<seed>``)."""
         return run_dir_for(self.config)
 
 
@@ -81,6 +83,7 @@ class Manifest:
     trials: dict[str, TrialRecord] = field(default_factory=dict)
 
     def save(self, sweep_dir: Path) -> None:
+        """Write the manifest atomically (a reader never sees half of it)."""
         data = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "grid": asdict(self.grid),
                 "resources": self.resources,
                 "trials": {key: asdict(rec) for key, rec in self.trials.items()}}
@@ -189,6 +192,7 @@ def _checked(path: Path, where: str, value: Any, fields: dict[str, tuple[Callabl
 
 
 def trial_id(env: str, encoder: str, seed: int) -> str:
+    """The trial's name in the manifest and in ``--only``: ENV/encoder/seed."""
     return f"{env}/{encoder}/{seed}"
 
 
@@ -219,5 +223,6 @@ def plan_trials(grid: SweepGrid, sweep_dir: Path, cpus_per_trial: float = 1.0) -
 
 
 def record_for(trial: Trial, sweep_dir: Path) -> TrialRecord:
+    """The manifest entry of a planned trial (its run folder relative to the sweep folder)."""
     return TrialRecord(trial.env, trial.encoder, trial.seed, str(trial.run_dir.relative_to(Path(sweep_dir).resolve())),
                        trial.config.steps)
