@@ -280,14 +280,14 @@ def plot(
     metric: Annotated[str, typer.Option(help="Column of metrics.csv to plot.")] = "eval_return",
     title: Annotated[str, typer.Option(help="Figure title.")] = "",
 ) -> None:
-    """Plot learning curves (mean and min-max over runs sharing a label) to a PNG."""
-    from resel_train.logger import plot_learning_curves
+    """Plot learning curves (mean ± standard error over runs sharing a label) to a PNG."""
+    from resel_experiments.plots import plot_runs
 
     groups: dict[str, list[Path]] = {}
     for item in map(str, runs):
         label, sep, path = item.partition("=")
         groups.setdefault(label if sep else Path(item).name, []).append(Path(path if sep else item))
-    console.print(f"wrote {plot_learning_curves(groups, out, metric, title)}")
+    console.print(f"wrote {plot_runs(groups, out, metric, title)}")
 
 
 def _csv(value: str) -> list[str]:
@@ -316,8 +316,8 @@ def sweep(
     from resel_train.persist.runlock import RunLocked
 
     try:
-        from resel_train.sweep import SweepGrid
-        from resel_train.sweep_runner import SweepOptions, run_sweep
+        from resel_experiments.runner import SweepOptions, run_sweep
+        from resel_experiments.sweep import SweepGrid
 
         if (envs is None) != (seeds is None):
             raise ValueError("give --envs and --seeds together (or neither, to reuse the sweep's manifest)")
@@ -338,12 +338,14 @@ def report(
     steps: Annotated[Optional[str], typer.Option(help="Step counts for the table, comma-separated "
                                                       "(default: the trials' targets).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: SWEEP_DIR/report).")] = None,
+    metric: Annotated[str, typer.Option(help="The logged evaluation column to report, e.g. "
+                                             "eval_success_rate.")] = "eval_return",
 ) -> None:
     """Mean ± standard error over seeds at chosen steps beside the paper's numbers; one learning-curve PNG per task."""
-    from resel_train.report import markdown_table, parse_steps, write_report
+    from resel_experiments.report import markdown_table, parse_steps, write_report
 
     try:
-        result = write_report(sweep_dir, None if steps is None else parse_steps(steps), out)
+        result = write_report(sweep_dir, None if steps is None else parse_steps(steps), out, metric)
     except (ValueError, OSError) as exc:
         _fail(exc)
     for name, reason in result.skipped:

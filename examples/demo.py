@@ -24,8 +24,8 @@ import numpy as np
 
 from resel import RESeL
 from resel_deploy.rollout import run_rollouts
+from resel_experiments.plots import plot_runs
 from resel_train.envs import make_env
-from resel_train.logger import plot_learning_curves
 
 ENV = "Pendulum-P"
 
@@ -68,7 +68,7 @@ def main() -> None:
     lat = rollout.latency_us
     print(f"onnxruntime controller: mean return {rollout.mean_return:.1f}; step latency p50 {lat['p50']:.0f} us, "
           f"p99 {lat['p99']:.0f} us")
-    png = plot_learning_curves({"mamba": [model.run_dir]}, out / "learning_curve.png", title=f"{ENV}, CPU preset")
+    png = plot_runs({"mamba": [model.run_dir]}, out / "learning_curve.png", title=f"{ENV}, CPU preset")
     print(f"learning curve: {png}")
 
 

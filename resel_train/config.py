@@ -530,3 +530,8 @@ def _set_path(cfg: Any, path: str, value: Any, full: str | None = None) -> None:
             raise ValueError(f"config key {full!r} expects {expects}, got {value!r}")
         value = int(value)
     setattr(owner, name, float(value) if kind == "float" else value)
+
+
+def run_dir_for(cfg: TrainConfig) -> Path:
+    """The run folder a config trains in: ``<out>/<env>_<encoder>_s<seed>``."""
+    return Path(cfg.out) / f"{cfg.env}_{cfg.model.encoder}_s{cfg.seed}"

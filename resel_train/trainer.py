@@ -31,7 +31,14 @@ from resel_deploy.contract import ActionMapping
 from resel_train.algo import RESeL
 from resel_train.buffer import Batch, TrajectoryBuffer
 from resel_train.callbacks import BaseCallback, CallbackList, default_callbacks
-from resel_train.config import TrainConfig, config_from_dict, config_to_dict, resume_config, validate_config
+from resel_train.config import (
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    resume_config,
+    run_dir_for,
+    validate_config,
+)
 from resel_train.envs import make_env, task_info
 from resel_train.graphed_update import GraphedUpdate
 from resel_train.guard import DivergenceGuard, TrainingDiverged
@@ -78,10 +85,6 @@ def metrics_to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
         return {}
     values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()]).cpu().tolist()
     return dict(zip(metrics, values))
-
-
-def run_dir_for(cfg: TrainConfig) -> Path:
-    return Path(cfg.out) / f"{cfg.env}_{cfg.model.encoder}_s{cfg.seed}"
 
 
 class EpisodeRecorder:

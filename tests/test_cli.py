@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from resel.cli.main import app
 from resel_deploy.rollout import run_rollouts
-from resel_train.logger import read_metrics
+from resel_experiments.metrics import read_metrics
 from resel_train.persist.checkpoint import load_checkpoint
 
 runner = CliRunner()

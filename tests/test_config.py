@@ -153,7 +153,7 @@ def test_train_help_lists_every_preset_with_a_line():
 
 def test_a_sweep_with_set_preset_cpu_plans_cpu_sized_trials(gpu, tmp_path):
     """The case that showed the bug: `resel sweep --set preset=cpu` trained paper-size models."""
-    from resel_train.sweep import SweepGrid, plan_trials
+    from resel_experiments.sweep import SweepGrid, plan_trials
 
     trials = plan_trials(SweepGrid(["Walker2d-gravity"], 2, overrides=["preset=cpu"]), tmp_path, 1)
     flag = resolve_config("Walker2d-gravity", "cpu", seed=1, out=str(tmp_path.resolve()), threads=1)

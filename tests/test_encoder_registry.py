@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from resel.cli.main import app
-from resel_train import sweep
+from resel_experiments import sweep
 from resel_train.config import ModelConfig, resolve_config, validate_config
 from resel_train.nets import encoders
 from resel_train.nets.registry import ENCODER_NAMES, ENCODERS, encoder_spec

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from resel.cli.main import app
-from resel_train.report import parse_steps, write_report
+from resel_experiments.report import parse_steps, write_report
 
 runner = CliRunner()
 GOOD = "step,eval_return\n100,-900\n200,-800\n400,-600\n"

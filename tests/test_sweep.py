@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from resel.cli.main import app
 from resel_deploy.extras import install_hint
+from resel_experiments.report import markdown_table, write_report
+from resel_experiments.sweep import SweepGrid, plan_trials
 from resel_train.persist.checkpoint import CheckpointError, load_checkpoint
-from resel_train.report import markdown_table, write_report
-from resel_train.sweep import SweepGrid, plan_trials
 from tests.test_cli import TINY
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray not installed: pip install -e ".[ray]"')
@@ -155,7 +155,7 @@ def test_worker_error_is_reported(tmp_path):
 
 def test_sweep_without_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
-    monkeypatch.delitem(sys.modules, "resel_train.sweep_runner", raising=False)
+    monkeypatch.delitem(sys.modules, "resel_experiments.runner", raising=False)
     text = invoke("sweep", "--envs", "Pendulum-V", "--seeds", "1", code=2)
     assert install_hint("ray") in text
 

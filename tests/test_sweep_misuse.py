@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from resel.cli.main import app
+from resel_experiments.sweep import MANIFEST, Manifest, ManifestError
 from resel_train.persist.runlock import RunLock
-from resel_train.sweep import MANIFEST, Manifest, ManifestError
 from tests.test_cli import TINY
 from tests.test_sweep import ROOT, checkpoint_steps, needs_ray, wait_until_unlocked
 

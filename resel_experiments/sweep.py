@@ -1,4 +1,5 @@
-"""A sweep's grid, its manifest and one trial's body; nothing here imports Ray (see sweep_runner).
+"""A sweep's grid and its manifest; torch-free, and nothing here imports Ray (see runner; a trial's body is
+in trials).
 
 A sweep folder holds one normal run folder per trial (``<env>_<encoder>_s<seed>/``) and ``sweep.json``,
 the manifest: the grid that defines the trials and each trial's last known status. Whether a trial
@@ -9,20 +10,14 @@ step counter against the target), so a sweep can be killed at any point and simp
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resel_train.config import TrainConfig, config_from_dict, resolve_config
+from resel_train.config import TrainConfig, resolve_config, run_dir_for
 from resel_train.nets.registry import ENCODER_NAMES
 from resel_train.persist.atomic import atomic_write
-from resel_train.persist.checkpoint import load_checkpoint, remove_unreferenced
-from resel_train.trainer import CHECKPOINT, Trainer, run_dir_for
 
 MANIFEST = "sweep.json"
 MANIFEST_FORMAT = "resel-sweep"
@@ -52,10 +47,12 @@ class Trial:
 
     @property
     def id(self) -> str:
+        """ENV/encoder/seed."""
         return trial_id(self.env, self.encoder, self.seed)
 
     @property
     def run_dir(self) -> Path:
+        """The trial's run folder (``<sweep folder>/<env>_<encoder>_s<seed>``)."""
         return run_dir_for(self.config)
 
 
@@ -86,6 +83,7 @@ class Manifest:
     trials: dict[str, TrialRecord] = field(default_factory=dict)
 
     def save(self, sweep_dir: Path) -> None:
+        """Write the manifest atomically (a reader never sees half of it)."""
         data = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "grid": asdict(self.grid),
                 "resources": self.resources,
                 "trials": {key: asdict(rec) for key, rec in self.trials.items()}}
@@ -193,13 +191,8 @@ def _checked(path: Path, where: str, value: Any, fields: dict[str, tuple[Callabl
     return value
 
 
-@dataclass(frozen=True)
-class TrialState:
-    kind: str  # finished | resume | fresh
-    env_steps: int
-
-
 def trial_id(env: str, encoder: str, seed: int) -> str:
+    """The trial's name in the manifest and in ``--only``: ENV/encoder/seed."""
     return f"{env}/{encoder}/{seed}"
 
 
@@ -229,68 +222,7 @@ def plan_trials(grid: SweepGrid, sweep_dir: Path, cpus_per_trial: float = 1.0) -
     return trials
 
 
-def trial_state(run_dir: Path, target_steps: int) -> TrialState:
-    """finished (checkpoint at or past the target), resume (an earlier checkpoint) or fresh (none)."""
-    ckpt = Path(run_dir) / CHECKPOINT
-    if not ckpt.exists():
-        return TrialState("fresh", 0)
-    steps = int(load_checkpoint(ckpt)["counters"]["env_steps"])
-    return TrialState("finished" if steps >= target_steps else "resume", steps)
-
-
-def discard_partial(run_dir: Path) -> None:
-    """Remove the logs of a start that died before its first checkpoint: they cannot be continued."""
-    run_dir = Path(run_dir)
-    for name in ("metrics.csv", "config.yaml"):
-        (run_dir / name).unlink(missing_ok=True)
-    if run_dir.is_dir():
-        remove_unreferenced(run_dir, keep=None)  # replay files and temp files of killed writes
-    shutil.rmtree(run_dir / "tb", ignore_errors=True)
-
-
-def run_trial(config: dict[str, Any], report: Callable[[dict[str, Any]], None] | None = None,
-              interval_s: float = 1.0) -> dict[str, Any]:
-    """Train one trial to its target, resuming from its checkpoint; ``report`` gets progress rows.
-
-    Runs on a Ray worker. It decides finished/resume/fresh itself (not the driver) so that Ray's
-    retry of a crashed worker, or a driver that cannot see the run folder, still resumes correctly.
-    """
-    cfg = config_from_dict(config)
-    run_dir = run_dir_for(cfg)
-    state = trial_state(run_dir, cfg.steps)
-    base = {"node": socket.gethostname(), "target_steps": cfg.steps,
-            "resumed_from": state.env_steps if state.kind == "resume" else None}
-    if state.kind == "finished":
-        return {**base, "status": "skipped", "env_steps": state.env_steps, "eval_return": None}
-    if state.kind == "fresh":
-        discard_partial(run_dir)
-    trainer = Trainer(cfg, run_dir=run_dir, resume=state.kind == "resume")
-
-    def snapshot(rate: float) -> dict[str, Any]:
-        return {**base, "env_steps": trainer.env_steps, "eval_return": trainer.last_eval, "steps_per_s": rate}
-
-    stop = threading.Event()
-
-    def report_loop() -> None:
-        last_steps, last_time = trainer.env_steps, time.perf_counter()
-        while not stop.wait(interval_s):
-            now, steps = time.perf_counter(), trainer.env_steps
-            report(snapshot((steps - last_steps) / (now - last_time)))
-            last_steps, last_time = steps, now
-
-    thread = threading.Thread(target=report_loop, daemon=True) if report else None
-    if thread:
-        report(snapshot(0.0))
-        thread.start()
-    try:
-        result = trainer.train(show_progress=False)
-    finally:
-        stop.set()
-        if thread:
-            thread.join()
-    return {**base, "status": "finished", "env_steps": int(result["env_steps"]), "eval_return": result["eval_return"]}
-
-
 def record_for(trial: Trial, sweep_dir: Path) -> TrialRecord:
+    """The manifest entry of a planned trial (its run folder relative to the sweep folder)."""
     return TrialRecord(trial.env, trial.encoder, trial.seed, str(trial.run_dir.relative_to(Path(sweep_dir).resolve())),
                        trial.config.steps)

@@ -1,5 +1,8 @@
 """`resel report`: a sweep's results as mean +- standard error over seeds, beside the paper's numbers.
 
+The metric is the evaluation return by default; any logged evaluation column can be reported instead
+(``--metric eval_success_rate`` for Key-to-Door).
+
 Every run folder under the sweep folder describes itself (config.yaml, metrics.csv), so the report
 needs no Ray and also works on a folder of plain `resel train` runs. Finished and still-running runs
 both count; a run contributes at step S once it has logged past S, with its last evaluation at or
@@ -17,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from resel_train.logger import read_metrics
-from resel_train.paper_results import PAPER_RESULTS
-from resel_train.sweep import Manifest
+from resel_experiments.metrics import latest_rows, read_metrics
+from resel_experiments.paper_results import PAPER_RESULTS
+from resel_experiments.plots import plot_curves
+from resel_experiments.sweep import Manifest
 
 
 @dataclass
@@ -30,18 +34,19 @@ class RunCurve:
     target_steps: int
     last_step: int  # last logged environment step
     steps: np.ndarray  # evaluation steps
-    returns: np.ndarray  # eval_return at those steps
+    values: np.ndarray  # the reported metric at those steps
     folder: str = ""  # the run folder's name inside the sweep folder
 
     @property
     def finished(self) -> bool:
+        """Whether the run logged its target step."""
         return self.last_step >= self.target_steps
 
     def value_at(self, step: int) -> float | None:
         """The last evaluation at or below ``step``, once the run has got that far."""
         if self.last_step < step or not len(self.steps) or self.steps[0] > step:
             return None
-        return float(self.returns[np.searchsorted(self.steps, step, side="right") - 1])
+        return float(self.values[np.searchsorted(self.steps, step, side="right") - 1])
 
 
 @dataclass
@@ -61,9 +66,11 @@ class Report:
     plots: list[Path] = field(default_factory=list)
     failed: int = 0  # trials the manifest lists as failed
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (run folder, why it was not used)
+    metric: str = "eval_return"  # the logged column the cells and curves show
 
     @property
     def finished(self) -> int:
+        """Runs that reached their target step."""
         return sum(r.finished for r in self.runs)
 
 
@@ -89,8 +96,8 @@ def parse_steps(text: str) -> list[int]:
     return steps
 
 
-def load_run(run_dir: Path) -> RunCurve:
-    """A run folder's evaluation curve, or :class:`RunSkipped` saying why it cannot be used."""
+def load_run(run_dir: Path, metric: str = "eval_return") -> RunCurve:
+    """A run folder's curve of ``metric``, or :class:`RunSkipped` saying why it cannot be used."""
     try:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
         env, encoder, seed, target = cfg["env"], cfg["model"]["encoder"], int(cfg["seed"]), int(cfg["steps"])
@@ -99,16 +106,16 @@ def load_run(run_dir: Path) -> RunCurve:
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
         raise RunSkipped(f"config.yaml is not a run's config ({_reason(exc)})") from None
     try:
-        rows = _latest_rows(read_metrics(run_dir))
+        rows = latest_rows(read_metrics(run_dir))
     except FileNotFoundError:
         raise RunSkipped("nothing logged yet (no metrics.csv)") from None
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
         raise RunSkipped(f"metrics.csv is unreadable ({_reason(exc)})") from None
     if not rows:
         raise RunSkipped("nothing logged yet (metrics.csv has no rows)")
-    evals = [r for r in rows if "eval_return" in r]
+    evals = [r for r in rows if metric in r]
     return RunCurve(env, encoder, seed, target, int(rows[-1]["step"]),
-                    np.array([int(r["step"]) for r in evals]), np.array([r["eval_return"] for r in evals]))
+                    np.array([int(r["step"]) for r in evals]), np.array([r[metric] for r in evals]))
 
 
 def _reason(exc: BaseException) -> str:
@@ -118,19 +125,8 @@ def _reason(exc: BaseException) -> str:
     return text[:120]
 
 
-def _latest_rows(rows: list[dict[str, float]]) -> list[dict[str, float]]:
-    """Drop rows a resumed run logged again: after a restart from an earlier checkpoint the later rows win."""
-    if any("step" not in row for row in rows):
-        raise ValueError("a row has no step")
-    kept: list[dict[str, float]] = []
-    for row in rows:
-        while kept and kept[-1]["step"] >= row["step"]:
-            kept.pop()
-        kept.append(row)
-    return kept
-
-
-def find_runs(sweep_dir: Path, manifest: Manifest | None = None) -> tuple[list[RunCurve], list[tuple[str, str]]]:
+def find_runs(sweep_dir: Path, manifest: Manifest | None = None, metric: str = "eval_return"
+              ) -> tuple[list[RunCurve], list[tuple[str, str]]]:
     """The usable runs under ``sweep_dir`` and (folder name, reason) for every one skipped.
 
     A run folder is a folder with a config.yaml. Trials that ``manifest`` (the sweep's, if any) lists without
@@ -143,7 +139,7 @@ def find_runs(sweep_dir: Path, manifest: Manifest | None = None) -> tuple[list[R
     folders = sorted(p.parent for p in sweep_dir.glob("*/config.yaml"))
     for folder in folders:
         try:
-            run = load_run(folder)
+            run = load_run(folder, metric)
         except RunSkipped as exc:
             skipped.append((folder.name, str(exc)))
             continue
@@ -161,6 +157,7 @@ def find_runs(sweep_dir: Path, manifest: Manifest | None = None) -> tuple[list[R
 
 
 def aggregate(runs: list[RunCurve], steps: list[int]) -> dict[tuple[str, str, int], Cell]:
+    """Mean ± standard error over seeds per (task, encoder, step), from the seeds that reached the step."""
     cells = {}
     for (env, encoder), members in _groups(runs).items():
         for step in steps:
@@ -171,7 +168,8 @@ def aggregate(runs: list[RunCurve], steps: list[int]) -> dict[tuple[str, str, in
     return cells
 
 
-def write_report(sweep_dir: str | Path, steps: list[int] | None = None, out: str | Path | None = None) -> Report:
+def write_report(sweep_dir: str | Path, steps: list[int] | None = None, out: str | Path | None = None,
+                 metric: str = "eval_return") -> Report:
     """Write report.md, report.csv and one <task>.png per task into ``out`` (default SWEEP_DIR/report)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -180,7 +178,7 @@ def write_report(sweep_dir: str | Path, steps: list[int] | None = None, out: str
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for report.md, report.csv and the plots")
     manifest = Manifest.load(sweep_dir)
-    runs, skipped = find_runs(sweep_dir, manifest)
+    runs, skipped = find_runs(sweep_dir, manifest, metric)
     if not runs:
         why = "; ".join(f"{name}: {reason}" for name, reason in skipped[:5]) or "no */config.yaml"
         raise FileNotFoundError(f"no usable run in {sweep_dir} ({why}); point resel report at a sweep folder or a "
@@ -190,11 +188,12 @@ def write_report(sweep_dir: str | Path, steps: list[int] | None = None, out: str
     out.mkdir(parents=True, exist_ok=True)
     failed = sum(rec.status == "failed" for rec in manifest.trials.values()) if manifest else 0
     cells = aggregate(runs, steps)
-    report = Report(runs, steps, cells, out / "report.md", out / "report.csv", failed=failed, skipped=skipped)
+    report = Report(runs, steps, cells, out / "report.md", out / "report.csv", failed=failed, skipped=skipped,
+                    metric=metric)
     _write_csv(report)
     _write_markdown(report, sweep_dir)
     for env in sorted({r.env for r in runs}):
-        report.plots.append(plot_task(env, [r for r in runs if r.env == env], out / f"{env}.png"))
+        report.plots.append(plot_task(env, [r for r in runs if r.env == env], out / f"{env}.png", metric))
     return report
 
 
@@ -211,7 +210,7 @@ def _write_csv(report: Report) -> None:
         writer.writerow(["task", "encoder", "step", "n", "mean", "se", "runs", "finished", "paper_resel",
                          "paper_steps"])
         for (env, encoder), members in _groups(report.runs).items():
-            paper = PAPER_RESULTS.get(env)
+            paper = PAPER_RESULTS.get(env) if report.metric == "eval_return" else None
             for step in report.steps:
                 cell = report.cells.get((env, encoder, step))
                 writer.writerow([env, encoder, step, cell.n if cell else 0, cell.mean if cell else "",
@@ -238,7 +237,7 @@ def markdown_table(report: Report) -> str:
         "|---|---|---|" + "---|" * len(report.steps) + "---|",
     ]
     for (env, encoder), members in _groups(report.runs).items():
-        paper = PAPER_RESULTS.get(env)
+        paper = PAPER_RESULTS.get(env) if report.metric == "eval_return" else None
         cells = " | ".join(_fmt_cell(report.cells.get((env, encoder, s))) for s in report.steps)
         ref = f"{paper.resel:g} @ {_fmt_steps(paper.steps)}" if paper else "-"
         lines.append(f"| {env} | {encoder} | {len(members)} ({sum(r.finished for r in members)} finished) | {cells} "
@@ -255,46 +254,16 @@ def _write_markdown(report: Report, sweep_dir: Path) -> None:
         f"tasks{failed}.",
         *([f"Skipped {len(report.skipped)} run folders (not in any cell):", "",
            *(f"- {name}: {reason}" for name, reason in report.skipped), ""] if report.skipped else []),
-        "Cells: mean ± standard error of eval_return over seeds (n seeds) at each step (the last evaluation at or "
-        "below it). Paper: RESeL's final return at the paper's step budget.", "",
+        f"Cells: mean ± standard error of {report.metric} over seeds (n seeds) at each step (the last evaluation at "
+        "or below it). Paper: RESeL's final return at the paper's step budget.", "",
         markdown_table(report), "",
         "Learning curves: " + ", ".join(f"[{e}]({e}.png)" for e in envs), "",
     ]))
 
 
-def plot_task(env: str, runs: list[RunCurve], out: Path) -> Path:
-    """One line per encoder: mean over seeds with a ± standard-error band, on the steps all seeds reached."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for (_, encoder), members in sorted(_groups(runs).items()):
-        members = [r for r in members if len(r.steps)]
-        if not members:
-            continue
-        reach = min(r.last_step for r in members)
-        grid = sorted({int(s) for r in members for s in r.steps if s <= reach})
-        points = [(s, [r.value_at(s) for r in members]) for s in grid]
-        points = [(s, v) for s, v in points if None not in v]
-        if not points:
-            continue
-        x, arr = [s for s, _ in points], np.array([v for _, v in points], dtype=float)
-        mean = arr.mean(1)
-        ax.plot(x, mean, label=f"{encoder} (n={len(members)})")
-        if len(members) > 1:
-            se = arr.std(1, ddof=1) / math.sqrt(len(members))
-            ax.fill_between(x, mean - se, mean + se, alpha=0.2)
-    paper = PAPER_RESULTS.get(env)
-    if paper:
-        ax.axhline(paper.resel, color="k", ls="--", lw=1, label=f"paper RESeL @ {_fmt_steps(paper.steps)}")
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("eval return (mean ± s.e. over seeds)")
-    ax.set_title(env)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+def plot_task(env: str, runs: list[RunCurve], out: Path, metric: str = "eval_return") -> Path:
+    """One line per encoder: the metric's mean over seeds, ± standard error (with the paper's return)."""
+    groups = {encoder: [(r.steps, r.values) for r in members] for (_, encoder), members in sorted(_groups(runs).items())}
+    paper = PAPER_RESULTS.get(env) if metric == "eval_return" else None
+    reference = (paper.resel, f"paper RESeL @ {_fmt_steps(paper.steps)}") if paper else None
+    return plot_curves(groups, out, metric.replace("_", " "), env, reference)

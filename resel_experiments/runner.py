@@ -29,11 +29,11 @@ except ImportError as exc:
     raise ImportError(f"`resel sweep` needs Ray: {install_hint('ray')}") from exc
 
 import resel_train
+from resel_experiments.sweep import Manifest, SweepGrid, Trial, TrialRecord, plan_trials, record_for
+from resel_experiments.trials import run_trial, trial_state
 from resel_train.config import config_to_dict
-from resel_train.persist.checkpoint import CheckpointError
+from resel_train.persist.checkpoint import CHECKPOINT, CheckpointError
 from resel_train.persist.runlock import RunLock
-from resel_train.sweep import Manifest, SweepGrid, Trial, TrialRecord, plan_trials, record_for, run_trial, trial_state
-from resel_train.trainer import CHECKPOINT
 
 SWEEP_LOCK = "sweep.lock"
 
@@ -66,9 +66,11 @@ class ProgressBoard:
         self.rows: dict[str, dict[str, Any]] = {}
 
     def report(self, trial_id: str, row: dict[str, Any]) -> None:
+        """Store a trial's latest progress row."""
         self.rows[trial_id] = row
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
+        """The latest row of every trial (read by the driver's display)."""
         return self.rows
 
 
