@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import resel_train.envs  # noqa: F401  (registers the resel/<id>-v0 Gymnasium ids; torch-free)
+from resel_deploy.lazy import lazy_exports
 
 # ``resel.export`` and ``resel.cli`` live in the repository's top-level export/ and cli/ folders; an installed
 # wheel puts them under resel/ (pyproject's package-dir). In a source checkout exactly these two resolve from
@@ -53,13 +54,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'resel' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

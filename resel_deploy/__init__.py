@@ -16,8 +16,7 @@ Names are resolved lazily (PEP 562), so importing :mod:`resel_deploy.contract` a
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from resel_deploy.lazy import lazy_exports
 
 _EXPORTS = {
     "BACKENDS": "resel_deploy.controller",
@@ -29,13 +28,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'resel_deploy' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -3,7 +3,7 @@
 Import rules (read from the source with ``ast``, and checked again at run time in a fresh interpreter):
 - one ``resel_deploy`` module reaches the torch side (torch, ``resel_train``, ``resel.export``): the bridge;
 - the exporters and the stepwise model import the contract from ``resel_deploy``, and at most the table of
-  install hints (``extras``, which imports nothing) besides.
+  install hints (``extras``) and the lazy-attribute helper (``lazy``), which import nothing, besides.
 """
 
 import ast
@@ -52,8 +52,9 @@ def test_one_deploy_module_reaches_the_torch_side():
     assert reaching == ["bridge"]
 
 
-# the one other deploy module the training side may import: the table of install hints (no imports of its own)
-LEAVES = {"resel_deploy.contract", "resel_deploy.extras"}
+# the other deploy modules the training side may load: the install hints and the package's lazy-attribute
+# helper (neither imports anything of the house)
+LEAVES = {"resel_deploy.contract", "resel_deploy.extras", "resel_deploy.lazy"}
 
 
 @pytest.mark.parametrize("path", ["export/onnx.py", "export/tensorrt.py", "resel_train/stepwise.py"])
@@ -63,7 +64,7 @@ def test_the_exporters_and_the_stepwise_model_import_only_the_contract_from_depl
     assert used <= LEAVES, used - LEAVES
 
 
-@pytest.mark.parametrize("leaf", ["contract.py", "extras.py"])
+@pytest.mark.parametrize("leaf", ["contract.py", "extras.py", "lazy.py"])
 def test_the_contract_and_the_install_hints_depend_on_nothing_of_the_house(leaf):
     assert not reaches(imported_modules(ROOT / "resel_deploy" / leaf),
                        (*TORCH_SIDE, "resel_deploy", "resel", "onnxruntime", "onnx"))
