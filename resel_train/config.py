@@ -20,24 +20,22 @@ from typing import Any
 import tomllib
 import yaml
 
+from resel_train.nets.registry import ENCODER_NAMES, ENCODERS, MambaConfig, S5Config, encoder_spec
+
 
 @dataclass
 class ModelConfig:
     encoder: str = "mamba"  # a name of the encoder registry (resel_train/nets/registry.py)
-    n_blocks: int = 1  # Mamba blocks, or S5 layers
-    d_state: int = 64  # Mamba: per channel; S5: complex modes per layer
-    d_conv: int = 8
-    expand: int = 2
-    dt_rank: int = 16
     embed: int = 128
     hidden: int = 256
     n_critics: int = 8
     input_layers: int = 1  # layers of the MLP before the memory core (Key-to-Door: 3)
+    # each encoder's own section (the registry's), read only when it is the encoder
+    mamba: MambaConfig = field(default_factory=MambaConfig)
+    s5: S5Config = field(default_factory=S5Config)
 
     def encoder_kwargs(self) -> dict[str, int]:
         """The encoder's constructor arguments: the keys its registry entry reads, and input_layers."""
-        from resel_train.nets.registry import encoder_spec
-
         return encoder_spec(self.encoder).kwargs(self)
 
 
@@ -101,11 +99,6 @@ FIELD_HELP: dict[str, str] = {
     "cuda_graphs": "On CUDA, replay each update as a captured CUDA graph (same numbers, less launch overhead).",
     "out": "Parent folder of the run folder <out>/<env>_<encoder>_s<seed>/.",
     "model.encoder": "Context encoder: mamba, gru, lstm, s5, or mlp (no memory).",
-    "model.n_blocks": "Mamba blocks (S5: layers) stacked in the context encoder.",
-    "model.d_state": "State size: per channel for Mamba, complex modes per layer for S5.",
-    "model.d_conv": "Width of Mamba's causal short convolution (1: none).",
-    "model.expand": "Mamba's inner width as a multiple of hidden.",
-    "model.dt_rank": "Rank of Mamba's input-dependent step size projection.",
     "model.embed": "Width of the context embedding the encoder hands to the policy or critic.",
     "model.hidden": "Width of the hidden layers (encoder MLP and core, policy and critic heads).",
     "model.n_critics": "Critic heads in the ensemble (REDQ: targets use a random pair).",
@@ -147,17 +140,17 @@ _FAMILY_PRESETS: dict[str, dict[str, Any]] = {
     "meta": {"steps": 5_000_000, "algo": dict(policy_lr=6e-5, critic_lr=2e-4, encoder_lr=2e-6, batch_size=1000)},
     "classic": {"steps": 100_000, "algo": dict(policy_lr=3e-4, critic_lr=1e-3, encoder_lr=1e-5, batch_size=2000)},
     # the paper's Key-to-Door model: a 3-layer input MLP and no short conv (d_conv 1); batch 1000 (its Table 2)
-    "keydoor": {"steps": 1_000_000, "model": dict(input_layers=3, d_conv=1),
+    "keydoor": {"steps": 1_000_000, "model": dict(input_layers=3, mamba=dict(d_conv=1)),
                 "algo": dict(policy_lr=3e-4, critic_lr=1e-3, encoder_lr=1e-5, batch_size=1000, fixed_alpha=0.2)},
 }
 CPU_PRESET: dict[str, Any] = {
     "warmup_steps": 1000,
     "eval_every": 2000,
-    "model": dict(d_state=16, d_conv=4, embed=64, hidden=64, dt_rank=4),
+    "model": dict(embed=64, hidden=64, mamba=dict(d_state=16, d_conv=4, dt_rank=4), s5=dict(d_state=16)),
     "algo": dict(policy_lr=3e-4, critic_lr=1e-3, encoder_lr=3e-4, alpha_lr=3e-4, batch_size=256, update_every=2),
 }
 # what "cpu" keeps of a family's own model (Key-to-Door: still no short conv)
-_CPU_FAMILY_MODEL: dict[str, dict[str, Any]] = {"keydoor": {"model": dict(d_conv=1)}}
+_CPU_FAMILY_MODEL: dict[str, dict[str, Any]] = {"keydoor": {"model": dict(mamba=dict(d_conv=1))}}
 PRESETS = (*_FAMILY_PRESETS, "cpu")
 
 # Per-task overrides from the authors' configs.
@@ -167,7 +160,8 @@ _TASK_OVERRIDES: dict[str, dict[str, Any]] = {
     "WalkerBLT-P": {"algo": dict(encoder_lr=5e-6)},
     "Hopper": {"algo": dict(target_entropy=0.0)},
     "Hopper-gravity": {"algo": dict(target_entropy=0.0)},
-    "KeyToDoor-500": {"model": dict(n_blocks=4)},  # the paper's longest distractor: four Mamba blocks
+    # the paper's longest distractor: four Mamba blocks (and four S5 layers)
+    "KeyToDoor-500": {"model": dict(mamba=dict(n_blocks=4), s5=dict(n_layers=4))},
 }
 
 
@@ -352,7 +346,7 @@ def field_rows(cfg: TrainConfig) -> list[tuple[str, str, Any, str]]:
                 walk(value, f"{prefix}{f.name}.")
             else:
                 key = f"{prefix}{f.name}"
-                rows.append((key, str(f.type).replace(" ", ""), value, FIELD_HELP[key]))
+                rows.append((key, str(f.type).replace(" ", ""), value, f.metadata.get("help") or FIELD_HELP[key]))
 
     walk(cfg, "")
     return rows
@@ -368,9 +362,32 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A config from a stored dict (a run's config.yaml or a checkpoint's), upgrading the old flat model keys."""
     cfg = TrainConfig()
-    _apply(cfg, data)
+    _apply(cfg, _upgrade_flat_model_keys(data))
     return cfg
+
+
+# The encoder settings that were flat ``model.*`` keys before each encoder had its own section; a stored
+# config with them still loads (each moves to every section that reads it), a requested one is refused by name.
+MOVED_MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "n_blocks": ("mamba.n_blocks", "s5.n_layers"), "d_state": ("mamba.d_state", "s5.d_state"),
+    "d_conv": ("mamba.d_conv",), "expand": ("mamba.expand",), "dt_rank": ("mamba.dt_rank",),
+}
+
+
+def _upgrade_flat_model_keys(data: dict[str, Any]) -> dict[str, Any]:
+    model = data.get("model")
+    if not isinstance(model, dict) or not any(key in model for key in MOVED_MODEL_KEYS):
+        return data
+    model = {k: (dict(v) if isinstance(v, dict) else v) for k, v in model.items()}
+    for old, new_keys in MOVED_MODEL_KEYS.items():
+        if old in model:
+            value = model.pop(old)
+            for new in new_keys:
+                section, name = new.split(".")
+                model.setdefault(section, {})[name] = value
+    return {**data, "model": model}
 
 
 def flat_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
@@ -421,7 +438,6 @@ _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 def validate_config(cfg: TrainConfig) -> None:
     """Raise ValueError naming the first key that is out of range, with what is allowed."""
     from resel_train.envs import task_info
-    from resel_train.nets.registry import ENCODER_NAMES  # the one list of encoder names
 
     def need(ok: bool, key: str, allowed: str) -> None:
         if not ok:
@@ -431,8 +447,8 @@ def validate_config(cfg: TrainConfig) -> None:
         return isinstance(x, (int, float)) and math.isfinite(x)
 
     for key in ("steps", "eval_every", "eval_episodes", "checkpoint_every", "log_every",
-                "algo.batch_size", "algo.policy_delay", "algo.update_every", "model.n_blocks", "model.d_state",
-                "model.d_conv", "model.expand", "model.dt_rank", "model.embed", "model.hidden"):
+                "algo.batch_size", "algo.policy_delay", "algo.update_every", "model.embed", "model.hidden",
+                *(key for spec in ENCODERS.values() for key in spec.config_keys() if key != "model.input_layers")):
         need(get_path(cfg, key) >= 1, key, "an integer >= 1")
     for key in ("seed", "warmup_steps", "threads"):
         need(get_path(cfg, key) >= 0, key, "an integer >= 0" + (" (0: torch's default)" if key == "threads" else ""))
@@ -485,6 +501,10 @@ def _field_owner(obj: Any, path: str, full: str | None = None) -> Any:
         obj = getattr(obj, parent)
     names = {f.name for f in dataclasses.fields(obj)}
     if name not in names:
+        moved = MOVED_MODEL_KEYS.get(name) if isinstance(obj, ModelConfig) else None
+        if moved:
+            raise ValueError(f"config key {full!r} is now in the encoder's own section: set "
+                             + " or ".join(f"model.{key}" for key in moved))
         raise ValueError(f"unknown config key {full!r}; valid keys here: {sorted(names)}")
     return obj
 

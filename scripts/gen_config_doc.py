@@ -74,7 +74,7 @@ def render() -> str:
     lines += [
         "What each preset sets (fields not listed keep the default above). The `cpu` column is shown for a",
         "classic task. On other families `cpu` keeps the family's step budget, and on Key-to-Door also its",
-        "3-layer input MLP, no short convolution (`model.d_conv` 1) and fixed alpha.",
+        "3-layer input MLP, no short convolution (`model.mamba.d_conv` 1) and fixed alpha.",
         "",
         "| key | default | " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(columns),

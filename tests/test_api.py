@@ -19,7 +19,7 @@ from resel_train.persist.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # Wind: 75-step episodes and the previous reward as a policy input (so predict's reward path is exercised)
-TINY = {"model.d_state": 4, "model.d_conv": 4, "model.embed": 16, "model.hidden": 16, "model.dt_rank": 2,
+TINY = {"model.mamba.d_state": 4, "model.mamba.d_conv": 4, "model.embed": 16, "model.hidden": 16, "model.mamba.dt_rank": 2,
         "algo.batch_size": 32, "algo.update_every": 1, "warmup_steps": 75, "eval_episodes": 1, "threads": 1}
 WARMUP = 75
 

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from resel import RESeL
 from resel.cli.main import app
 from resel_train.config import FIELD_HELP, PRESETS, field_rows, load_config_file, resolve_config
+from resel_train.nets.registry import ENCODERS
 
 runner = CliRunner()
-TINY = {"model.d_state": 4, "model.d_conv": 4, "model.embed": 16, "model.hidden": 16, "model.dt_rank": 2,
+TINY = {"model.mamba.d_state": 4, "model.mamba.d_conv": 4, "model.embed": 16, "model.hidden": 16, "model.mamba.dt_rank": 2,
         "algo.batch_size": 32, "warmup_steps": 75, "eval_episodes": 1, "threads": 1}
 
 
@@ -32,7 +33,7 @@ def asdict(cfg):
 
 def test_set_preset_cpu_resolves_the_same_config_as_the_preset_flag(gpu, tmp_path):
     flag = resolve_config("Walker2d-gravity", "cpu")
-    assert (flag.preset, flag.model.hidden, flag.model.d_state, flag.algo.batch_size) == ("cpu", 64, 16, 256)
+    assert (flag.preset, flag.model.hidden, flag.model.mamba.d_state, flag.algo.batch_size) == ("cpu", 64, 16, 256)
     assert resolve_config("Walker2d-gravity").model.hidden == 256  # what auto gives here: the paper size
     assert asdict(resolve_config("Walker2d-gravity", overrides=["preset=cpu"])) == asdict(flag)
     for name, text in (("c.toml", 'preset = "cpu"\n'), ("c.yaml", "preset: cpu\n")):
@@ -139,7 +140,10 @@ def test_config_show_prints_every_field_with_its_help_and_refuses_bad_input():
         assert row is not None, key
         assert f" {'null' if value is None else value} " in row and text in row, row
     assert "│ algo.batch_size " in result.output and " 123 " in next(line for line in lines if "algo.batch_size" in line)
-    assert len(field_rows(cfg)) == len(FIELD_HELP)
+    section_keys = [k for spec in ENCODERS.values() for k in spec.config_keys() if k != "model.input_layers"]
+    keys = [row[0] for row in field_rows(cfg)]  # every field has one line of help, from FIELD_HELP or its section
+    assert sorted(keys) == sorted([*FIELD_HELP, *section_keys])
+    assert all(row[3] for row in field_rows(cfg))
     bad = runner.invoke(app, ["config", "show", "--env", "Pendulum-V", "--set", "algo.gamma=3"])
     assert bad.exit_code == 2 and "'algo.gamma'" in bad.output and "Traceback" not in bad.output
 

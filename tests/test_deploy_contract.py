@@ -152,8 +152,8 @@ def test_the_trainer_maps_an_unbounded_box_like_the_deployed_policy(tmp_path, mo
 
     monkeypatch.setattr(trainer_module, "make_env", unbounded)
     cfg = resolve_config("Pendulum-P", "classic", steps=200, out=str(tmp_path), overrides=[
-        "warmup_steps=200", "model.d_state=4", "model.d_conv=4", "model.embed=16", "model.hidden=16",
-        "model.dt_rank=2", "replay_capacity=1000", "threads=1"])
+        "warmup_steps=200", "model.mamba.d_state=4", "model.mamba.d_conv=4", "model.embed=16", "model.hidden=16",
+        "model.mamba.dt_rank=2", "replay_capacity=1000", "threads=1"])
     trainer = Trainer(cfg)
     try:
         assert trainer.actions == ActionMapping((-1.0,), (1.0,))

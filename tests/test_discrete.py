@@ -17,7 +17,7 @@ from resel_train.nets.policy import Policy, categorical_action, gumbel_noise
 from resel_train.persist.checkpoint import load_checkpoint
 from resel_train.trainer import Trainer
 
-TINY = ["model.d_state=4", "model.embed=16", "model.hidden=16", "model.dt_rank=2", "algo.batch_size=64"]
+TINY = ["model.mamba.d_state=4", "model.embed=16", "model.hidden=16", "model.mamba.dt_rank=2", "algo.batch_size=64"]
 N_ACT = 3
 
 
@@ -42,10 +42,10 @@ def q_table(obs):
 
 def test_preset_holds_the_paper_model():
     cfg = resolve_config("KeyToDoor-120", "keydoor")
-    assert (cfg.model.input_layers, cfg.model.d_conv, cfg.model.n_blocks, cfg.algo.fixed_alpha) == (3, 1, 1, 0.2)
-    assert resolve_config("KeyToDoor-500", "keydoor").model.n_blocks == 4
+    assert (cfg.model.input_layers, cfg.model.mamba.d_conv, cfg.model.mamba.n_blocks, cfg.algo.fixed_alpha) == (3, 1, 1, 0.2)
+    assert resolve_config("KeyToDoor-500", "keydoor").model.mamba.n_blocks == 4
     cpu = resolve_config("KeyToDoor-60", preset="cpu")
-    assert (cpu.model.d_conv, cpu.model.input_layers, cpu.algo.fixed_alpha, cpu.warmup_steps) == (1, 3, 0.2, 1000)
+    assert (cpu.model.mamba.d_conv, cpu.model.input_layers, cpu.algo.fixed_alpha, cpu.warmup_steps) == (1, 3, 0.2, 1000)
     assert cpu.model.hidden < cfg.model.hidden
 
 

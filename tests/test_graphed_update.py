@@ -13,7 +13,7 @@ from resel_train.graphed_update import GraphedUpdate, bucket
 from resel_train.trainer import metrics_to_floats
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
-TINY = ["model.d_state=4", "model.d_conv=4", "model.embed=16", "model.hidden=16", "model.dt_rank=2",
+TINY = ["model.mamba.d_state=4", "model.mamba.d_conv=4", "model.embed=16", "model.hidden=16", "model.mamba.dt_rank=2",
         "algo.policy_lr=1e-3", "algo.critic_lr=1e-3", "algo.encoder_lr=1e-3"]
 
 
@@ -30,7 +30,7 @@ def test_bucket_rounds_up_by_at_most_an_eighth_to_few_sizes():
 
 def make_agent(encoder: str, device="cpu", discrete: bool = False) -> RESeL:
     """A tiny agent for a 1-d Box, or (``discrete``) for 3 actions with the conv-free Key-to-Door Mamba."""
-    env, extra = ("KeyToDoor-60", ["model.d_conv=1"]) if discrete else ("Pendulum-V", [])
+    env, extra = ("KeyToDoor-60", ["model.mamba.d_conv=1"]) if discrete else ("Pendulum-V", [])
     cfg = resolve_config(env, overrides=TINY + extra + [f"model.encoder={encoder}"])
     torch.manual_seed(0)
     return RESeL(2, 3 if discrete else 1, False, cfg.model, cfg.algo, seed=0, device=device, discrete=discrete)

@@ -115,8 +115,8 @@ import os, signal, sys
 from resel import RESeL
 from resel_train import trainer as t
 sig, where = getattr(signal, sys.argv[1]), sys.argv[2]
-model = RESeL("Pendulum-V", out=sys.argv[3], **{"model.d_state": 4, "model.d_conv": 4, "model.embed": 16,
-    "model.hidden": 16, "model.dt_rank": 2, "algo.batch_size": 32, "warmup_steps": 200, "eval_episodes": 1,
+model = RESeL("Pendulum-V", out=sys.argv[3], **{"model.mamba.d_state": 4, "model.mamba.d_conv": 4, "model.embed": 16,
+    "model.hidden": 16, "model.mamba.dt_rank": 2, "algo.batch_size": 32, "warmup_steps": 200, "eval_episodes": 1,
     "eval_every": 10**6, "threads": 1, "checkpoint_every": 100})
 model.learn(202)  # a committed unit at step 202
 real_save, real_update = t.save_run_state, t.Trainer.update_once

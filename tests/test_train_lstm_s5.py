@@ -16,7 +16,7 @@ from resel_train.trainer import Trainer
                                          ("s5", {"n_layers": 2, "d_state": 4, "input_layers": 1})])
 def test_smoke_run_checkpoint_and_deploy(tmp_path, kind, kwargs):
     warmup = task_info("Pendulum-P").max_episode_steps
-    overrides = ["model.d_state=4", "model.n_blocks=2", "model.embed=16", "model.hidden=16", "algo.batch_size=32",
+    overrides = ["model.s5.d_state=4", "model.s5.n_layers=2", "model.embed=16", "model.hidden=16", "algo.batch_size=32",
                  "algo.update_every=1",
                  f"warmup_steps={warmup}", f"eval_every={10**9}", f"checkpoint_every={10**9}", "eval_episodes=1",
                  "replay_capacity=20000", "threads=1"]

@@ -12,7 +12,7 @@ from resel_train.config import auto_preset_note, resolve_config
 from resel_train.persist.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from resel_train.trainer import Trainer, metrics_to_floats
 
-TINY = ["model.d_state=4", "model.d_conv=4", "model.embed=16", "model.hidden=16", "model.dt_rank=2",
+TINY = ["model.mamba.d_state=4", "model.mamba.d_conv=4", "model.embed=16", "model.hidden=16", "model.mamba.dt_rank=2",
         "algo.batch_size=64"]
 
 

@@ -19,7 +19,7 @@ from resel.cli.main import app  # noqa: E402
 from resel_deploy.extras import install_hint  # noqa: E402
 from resel_train.logger import COLUMNS, tb_tag  # noqa: E402
 
-TINY = {"model.d_state": 4, "model.d_conv": 4, "model.embed": 16, "model.hidden": 16, "model.dt_rank": 2,
+TINY = {"model.mamba.d_state": 4, "model.mamba.d_conv": 4, "model.embed": 16, "model.hidden": 16, "model.mamba.dt_rank": 2,
         "algo.batch_size": 32, "warmup_steps": 75, "eval_episodes": 1, "threads": 1, "eval_every": 40,
         "log_every": 20}
 

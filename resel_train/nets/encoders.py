@@ -288,6 +288,6 @@ def make_encoder(kind: str, in_dim: int, out_dim: int = 128, hidden: int = 256, 
     ``kwargs``: the encoder's own section (Mamba: n_blocks, d_state, ...; S5: n_layers, d_state, ...); GRU, LSTM
     and MLP take none."""
     spec = encoder_spec(kind)
-    if not spec.config and kwargs:
+    if spec.section is None and kwargs:
         raise ValueError(f"the {kind} encoder takes no encoder_kwargs; got {sorted(kwargs)}")
     return globals()[spec.cls](in_dim, out_dim, hidden, input_layers=input_layers, **kwargs)

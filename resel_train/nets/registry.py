@@ -2,9 +2,9 @@
 
 Each entry says what the encoder is built from and what it needs from the rest of the house:
 
-- ``config``: its section of ``model.*`` -- the config keys it reads and the constructor argument each becomes
-  (S5 reads ``model.n_blocks`` as its number of layers and ``model.d_state`` as its complex modes per layer;
-  GRU, LSTM and MLP read none). Every encoder also takes ``model.input_layers``.
+- ``section``: its own config section ``model.<name>.*`` (a dataclass below: Mamba's blocks, state size,
+  short convolution, ...; S5's layers and modes), whose fields are its constructor arguments. GRU, LSTM and
+  MLP have none. Every encoder also takes ``model.input_layers``.
 - ``replay_pad``: the zero slots the replay leaves after each trajectory in a packed batch row. Mamba's causal
   convolution reads ``d_conv - 1`` steps back, so that many zeros keep it from seeing the trajectory before;
   the recurrent encoders reset their state at a trajectory's first step and need none.
@@ -16,9 +16,32 @@ Importing this module loads no torch: the CLI builds its choices from it at star
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+
+def _help(text: str, default: int) -> Any:
+    """A section field with its one line of help (``resel config show`` and docs/config.md print it)."""
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class MambaConfig:
+    """``model.mamba.*``: the Mamba context encoder (the paper's sizes are the defaults)."""
+
+    n_blocks: int = _help("Mamba blocks stacked in the context encoder.", 1)
+    d_state: int = _help("State size per channel of the selective scan.", 64)
+    d_conv: int = _help("Width of the causal short convolution (1: none).", 8)
+    expand: int = _help("Inner width as a multiple of model.hidden.", 2)
+    dt_rank: int = _help("Rank of the input-dependent step size projection.", 16)
+
+
+@dataclass
+class S5Config:
+    """``model.s5.*``: the S5 context encoder."""
+
+    n_layers: int = _help("S5 layers stacked in the context encoder.", 1)
+    d_state: int = _help("Complex modes per layer.", 64)
 
 
 @dataclass(frozen=True)
@@ -28,31 +51,32 @@ class EncoderSpec:
     name: str
     cls: str  # class name in resel_train.nets.encoders
     summary: str
-    config: Mapping[str, str]  # constructor argument -> the model.* config key it is read from
-    pad_from: str | None = None  # model.* key whose value minus one is the replay padding (None: no padding)
+    section: type | None = None  # its config section model.<name>.*: a dataclass of constructor arguments
+    pad_from: str | None = None  # field of the section whose value minus one is the replay padding
     cuda_graphs: bool = True
 
     def kwargs(self, model: Any) -> dict[str, int]:
         """The encoder's constructor arguments from a ``ModelConfig`` (its section, then ``input_layers``)."""
-        return {**{arg: getattr(model, key) for arg, key in self.config.items()}, "input_layers": model.input_layers}
+        own = asdict(getattr(model, self.name)) if self.section is not None else {}
+        return {**own, "input_layers": model.input_layers}
 
     def replay_pad(self, model: Any) -> int:
         """Zero slots the replay leaves after every trajectory in a batch row (see the module docstring)."""
-        return 0 if self.pad_from is None else int(getattr(model, self.pad_from)) - 1
+        return 0 if self.pad_from is None else int(getattr(getattr(model, self.name), self.pad_from)) - 1
 
     def config_keys(self) -> list[str]:
         """The dotted config keys this encoder reads (what ``resel train --set`` changes for it)."""
-        return [f"model.{key}" for key in (*self.config.values(), "input_layers")]
+        own = [f"model.{self.name}.{f.name}" for f in fields(self.section)] if self.section is not None else []
+        return [*own, "model.input_layers"]
 
 
 ENCODERS: dict[str, EncoderSpec] = {spec.name: spec for spec in (
-    EncoderSpec("mamba", "MambaEncoder", "the RESeL context encoder: a stack of Mamba blocks",
-                {"n_blocks": "n_blocks", "d_state": "d_state", "d_conv": "d_conv", "expand": "expand",
-                 "dt_rank": "dt_rank"}, pad_from="d_conv"),
-    EncoderSpec("gru", "GRUEncoder", "the paper's GRU ablation", {}, cuda_graphs=False),
-    EncoderSpec("lstm", "LSTMEncoder", "the pomdp-baselines LSTM", {}, cuda_graphs=False),
-    EncoderSpec("s5", "S5Encoder", "a stack of resettable S5 layers", {"n_layers": "n_blocks", "d_state": "d_state"}),
-    EncoderSpec("mlp", "MLPEncoder", "no memory: the current inputs only", {}),
+    EncoderSpec("mamba", "MambaEncoder", "the RESeL context encoder: a stack of Mamba blocks", MambaConfig,
+                pad_from="d_conv"),
+    EncoderSpec("gru", "GRUEncoder", "the paper's GRU ablation", cuda_graphs=False),
+    EncoderSpec("lstm", "LSTMEncoder", "the pomdp-baselines LSTM", cuda_graphs=False),
+    EncoderSpec("s5", "S5Encoder", "a stack of resettable S5 layers", S5Config),
+    EncoderSpec("mlp", "MLPEncoder", "no memory: the current inputs only"),
 )}
 ENCODER_NAMES: tuple[str, ...] = tuple(ENCODERS)
 
