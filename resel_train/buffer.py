@@ -153,6 +153,7 @@ class TrajectoryBuffer:
 
     @rng_state.setter
     def rng_state(self, state: dict) -> None:
+        """Rewind the sampling generator, so the next sample repeats a stream drawn before."""
         self._rng.bit_generator.state = state
 
     @property

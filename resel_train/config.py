@@ -358,6 +358,7 @@ def preset_lines() -> list[str]:
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as nested plain dicts: what config.yaml and a checkpoint store."""
     return dataclasses.asdict(cfg)
 
 
@@ -399,6 +400,7 @@ def flat_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def get_path(cfg: Any, path: str) -> Any:
+    """The value of a dotted key (``"algo.batch_size"``); an unknown key raises ValueError naming it."""
     owner = _field_owner(cfg, path)
     return getattr(owner, path.rsplit(".", 1)[-1])
 

@@ -48,6 +48,7 @@ class ContextEncoder(nn.Module):
         return h
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        """The state before a trajectory's first step (zeros), one tensor per :meth:`state_names` entry."""
         raise NotImplementedError
 
     def state_names(self) -> list[str]:
@@ -61,12 +62,14 @@ class ContextEncoder(nn.Module):
         raise NotImplementedError
 
     def forward(self, x_seq: Tensor, resets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Context embeddings of a packed sequence (batch, L, in_dim), restarting the memory where ``resets`` is 1."""
         if state is None:
             state = self.initial_state(x_seq.shape[0], x_seq.device, x_seq.dtype)
         h, state = self._core(self.embed_input(x_seq), resets, state)
         return self.output(elu(h)), state
 
     def step(self, x_t: Tensor, reset_t: Tensor, state: State) -> tuple[Tensor, State]:
+        """One time step (batch, in_dim) from ``state``: the O(1) form a controller runs, equal to ``forward``."""
         h, state = self._core_step(self.embed_input(x_t), reset_t, state)
         return self.output(elu(h)), state
 
@@ -94,9 +97,11 @@ class MambaEncoder(ContextEncoder):
         )
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        """Per block: the short convolution's window and the scan's state."""
         return tuple(t for block in self.blocks for t in block.mixer.initial_state(batch, device, dtype))
 
     def state_names(self) -> list[str]:
+        """``blockI.conv`` and ``blockI.ssm`` per block."""
         return [f"block{i}.{kind}" for i in range(len(self.blocks)) for kind in ("conv", "ssm")]
 
     def _core(self, h, resets, state):
@@ -125,9 +130,11 @@ class GRUEncoder(ContextEncoder):
         self.gru = nn.GRU(hidden, hidden, num_layers=1, batch_first=True)
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        """The GRU's hidden vector."""
         return (torch.zeros(batch, self.hidden, device=device, dtype=dtype),)
 
     def state_names(self) -> list[str]:
+        """One tensor, ``gru``."""
         return ["gru"]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -192,9 +199,11 @@ class LSTMEncoder(ContextEncoder):
         self.lstm = nn.LSTM(hidden, hidden, num_layers=1, batch_first=True)
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        """The LSTM's hidden and cell vectors."""
         return tuple(torch.zeros(batch, self.hidden, device=device, dtype=dtype) for _ in range(2))
 
     def state_names(self) -> list[str]:
+        """``lstm.h`` and ``lstm.c``."""
         return ["lstm.h", "lstm.c"]
 
     def _core(self, h_in, resets, state):
@@ -242,9 +251,11 @@ class S5Encoder(ContextEncoder):
         )
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        """Per layer: the real and imaginary parts of the complex modes."""
         return tuple(t for layer in self.layers for t in layer.ssm.initial_state(batch, device, dtype))
 
     def state_names(self) -> list[str]:
+        """``layerI.re`` and ``layerI.im`` per layer."""
         return [f"layer{i}.{part}" for i in range(len(self.layers)) for part in ("re", "im")]
 
     def _core(self, h, resets, state):
@@ -270,9 +281,11 @@ class MLPEncoder(ContextEncoder):
         self.hidden_layer = nn.Linear(hidden, hidden)
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> State:
+        """Nothing: the MLP keeps no memory."""
         return ()
 
     def state_names(self) -> list[str]:
+        """No state tensors."""
         return []
 
     def _core(self, h, resets, state):

@@ -132,6 +132,7 @@ def verify_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
 
 # ---- the checkpoint + replay unit of a run folder ----------------------------------------------
 def replay_name(step: int) -> str:
+    """The replay file of the unit saved at ``step``; the name carries the step, so units never share one."""
     return f"replay-{step:010d}.pt"
 
 
@@ -170,6 +171,7 @@ def load_replay(run_dir: Path, saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def referenced_replay(saved: dict[str, Any]) -> str:
+    """The replay file a loaded checkpoint names (checkpoints from before the step in the name: the legacy file)."""
     return (saved.get("replay_file") or {"name": LEGACY_REPLAY})["name"]
 
 

@@ -35,6 +35,7 @@ class RunLock:
         self.previous_holder: str | None = None  # set when a stale lock of a dead process was taken over
 
     def acquire(self) -> RunLock:
+        """Take the lock or raise :class:`RunLocked` naming the holder; a dead holder's lock is taken over."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -52,6 +53,7 @@ class RunLock:
         return self
 
     def release(self) -> None:
+        """Drop the lock (safe to call twice); the kernel drops it too if the process dies."""
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing drops the flock
@@ -59,6 +61,7 @@ class RunLock:
 
     @property
     def held(self) -> bool:
+        """Whether this object holds the lock now."""
         return self._fd is not None
 
     def __del__(self) -> None:
