@@ -37,6 +37,7 @@ import numpy as np
 from resel_deploy.contract import (
     ENGINE_FORMAT,
     INPUT_NAMES,
+    ActionMapping,
     HostBuffers,
     detect_kind,
     engine_sidecar,
@@ -235,7 +236,8 @@ class TensorRTBackend:
         self._output_names = [o["name"] for o in meta["outputs"][:3]]
         pinned = lambda *s, dtype=torch.float32: torch.zeros(s, dtype=dtype, pin_memory=True)  # noqa: E731
         h_in = [pinned(batch, obs_dim), pinned(batch, 1), pinned(batch), pinned(batch, act_dim)]
-        action = pinned(batch, dtype=torch.int64) if meta.get("discrete") else pinned(batch, act_dim)
+        actions = ActionMapping.from_meta(meta)
+        action = pinned(batch, *actions.row_shape, dtype=getattr(torch, actions.action_dtype))
         h_out = [action, pinned(batch, act_dim), pinned(batch, act_dim)]
         self.host = HostBuffers(*(t.numpy() for t in h_in + h_out))
         self._h_in, self._h_out = h_in, h_out

@@ -3,8 +3,9 @@
 Every backend owns preallocated host buffers (:class:`~resel_deploy.contract.HostBuffers`) that the controller
 fills and reads; ``run()`` performs one step for the whole batch: it reads ``obs``, ``prev_reward``,
 ``is_first`` and ``noise``, writes ``action``, ``mean`` and ``log_std``, and advances the
-recurrent state it keeps internally. For Discrete-action policies (``meta["discrete"]``) ``action``
-is an int64 (batch,) buffer and ``mean`` / ``log_std`` hold the logits and log-probs. State
+recurrent state it keeps internally. The ``action`` buffer is the policy's action mapping's
+(:class:`~resel_deploy.contract.ActionMapping`): for a Discrete space an int64 (batch,) buffer, with
+``mean`` / ``log_std`` holding the logits and log-probs. State
 buffers are ping-ponged: the step reads one set and writes the other (never the same memory), and
 the roles swap after every step.
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from resel_deploy.contract import INPUT_NAMES, HostBuffers, state_in, state_out, state_shapes
+from resel_deploy.contract import INPUT_NAMES, ActionMapping, HostBuffers, state_in, state_out, state_shapes
 from resel_deploy.extras import install_hint
 
 
@@ -79,7 +80,7 @@ class OnnxRuntimeBackend(Backend):
         if flush_denormals:
             opts.add_session_config_entry("session.set_denormal_as_zero", "1")
         self.session = ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
-        self.host = HostBuffers.numpy(batch, meta["obs_dim"], meta["act_dim"], bool(meta.get("discrete", False)))
+        self.host = HostBuffers.numpy(batch, meta["obs_dim"], ActionMapping.from_meta(meta))
         self.names = [n for n, _ in state_shapes(meta, batch)]
         self._output_names = [o["name"] for o in meta["outputs"][:3]]
         self._check_io(meta)

@@ -33,7 +33,7 @@ class TorchBackend(Backend):
         self.module = stepwise.eval()
         self.device = torch.device(device or "cpu")
         self.module.to(self.device)
-        self.host = HostBuffers.numpy(batch, stepwise.obs_dim, stepwise.act_dim, stepwise.discrete)
+        self.host = HostBuffers.numpy(batch, stepwise.obs_dim, stepwise.actions)
         self.names = stepwise.state_names()
         if self.device.type == "cpu":
             self._in = [torch.from_numpy(a) for a in self.host.inputs()]

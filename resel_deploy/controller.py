@@ -20,7 +20,9 @@ The controller preallocates every buffer at load (inputs, outputs, two state set
 copies the observation into its input buffer, runs the backend, and copies the action out.
 Discrete-action policies (Key-to-Door; ``controller.discrete``): ``step`` returns the action index
 as a Python ``int`` and ``step_batch`` an int64 (batch,) array, on every backend; deterministic is
-the greedy (argmax) action, ``stochastic=True`` samples it exactly (Gumbel-max noise).
+the greedy (argmax) action, ``stochastic=True`` samples it exactly (Gumbel-max noise). What differs
+between the two kinds of action space is the policy's action mapping (``controller.actions``, a
+:class:`~resel_deploy.contract.ActionMapping` chosen once from the metadata).
 Deterministic actions (tanh of the mean) by default; ``stochastic=True, seed=...`` samples
 tanh(mean + std * noise) with noise from a seeded numpy generator written into a preallocated
 buffer. Inputs are validated every step: a wrong type or shape names the argument and the expected
@@ -60,7 +62,7 @@ import numpy as np
 from resel_deploy import bridge
 from resel_deploy.artifacts import read_onnx_metadata
 from resel_deploy.backends import Backend, OnnxRuntimeBackend
-from resel_deploy.contract import ENGINE_SUFFIXES, detect_kind, metadata_error
+from resel_deploy.contract import ENGINE_SUFFIXES, ActionMapping, detect_kind, metadata_error
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 __all__ = ["BACKENDS", "ENGINE_SUFFIXES", "Controller", "NonFiniteAction", "checked_safe_action", "detect_kind"]
@@ -87,12 +89,13 @@ class Controller:
         self.action_low = np.asarray(meta["action_low"], dtype=np.float32)
         self.action_high = np.asarray(meta["action_high"], dtype=np.float32)
         self.state_names: list[str] = [s["name"] for s in meta["state_layout"]]
-        self.discrete: bool = bool(meta.get("discrete", False))
+        self.actions = ActionMapping.from_meta(meta)
+        self.discrete: bool = self.actions.discrete
         self.stochastic = bool(stochastic)
         self._rng = np.random.default_rng(seed)
         h = backend.host
         self._h = h
-        self._obs_row, self._act_row = h.obs[0], h.action[0]
+        self._obs_row, self._act_row = h.obs[0], h.action[0, ...]  # views: one robot's row (a 0-d index)
         self._obs_flat = h.obs.reshape(-1)
         self._zeros = np.zeros(self._obs_flat.shape, np.float32)
         self._zeros_batch = np.zeros(self.batch, np.float32)
@@ -104,8 +107,7 @@ class Controller:
         for _ in range(max(0, warmup)):  # fault in pages and runtime arenas before the first real step
             h.is_first.fill(1.0)
             backend.run()
-        if not self.discrete:
-            self._check_bounds_against_graph()
+        self._check_bounds_against_graph()
         self.safe_action = None if safe_action is None else checked_safe_action(safe_action, self.action_low,
                                                                                  self.action_high)
         backend.set_state({k: np.zeros_like(v) for k, v in backend.get_state().items()})
@@ -183,36 +185,29 @@ class Controller:
         _flush_denormals_on_this_thread()
 
     def _check_bounds_against_graph(self) -> None:
-        """Read the action bounds out of the graph and refuse metadata that says otherwise.
-
-        With noise pushing ``mean + exp(log_std) * noise`` to +-20 or beyond, tanh is exactly +-1 in float32,
-        so the graph's action is its high, then its low bound. A graph whose head is not finite at a zero input
-        cannot be probed; its steps are caught by the non-finite action check instead.
-        """
-        h = self._h
-        h.obs.fill(0.0)
-        h.prev_reward.fill(0.0)
-        h.noise.fill(0.0)
-        h.is_first.fill(1.0)
-        self._backend.run()
-        with np.errstate(over="ignore", invalid="ignore"):
-            push = (np.abs(h.mean) + 20.0) * np.exp(-h.log_std)
-        seen = []
-        for sign in (1.0, -1.0):
-            np.multiply(push, sign, out=h.noise)
-            h.is_first.fill(1.0)
-            self._backend.run()
-            seen.append(h.action.min(axis=0) if sign < 0 else h.action.max(axis=0))
-        h.noise.fill(0.0)
-        h.is_first.fill(1.0)
-        high, low = seen
-        if not (np.isfinite(high).all() and np.isfinite(low).all()):
+        """Read the action bounds out of the graph (as the action mapping knows how) and refuse metadata that
+        says otherwise."""
+        bounds = self.actions.read_graph_bounds(self._probe)
+        self._h.noise.fill(0.0)
+        self._h.is_first.fill(1.0)
+        if bounds is None:
             return
+        low, high = bounds
         source = self.metadata.get("source", "the policy")
         for key, graph, meta in (("action_low", low, self.action_low), ("action_high", high, self.action_high)):
             if not np.allclose(graph, meta, rtol=1e-5, atol=1e-6):
                 raise metadata_error(source, key, f"says {meta.tolist()} but the graph, which applies the bounds "
                                                   f"itself, acts within {low.tolist()} .. {high.tolist()}")
+
+    def _probe(self, noise: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One first step at a zero observation and reward with ``noise``: the (action, head a, head b) buffers."""
+        h = self._h
+        h.obs.fill(0.0)
+        h.prev_reward.fill(0.0)
+        np.copyto(h.noise, noise)
+        h.is_first.fill(1.0)
+        self._backend.run()
+        return h.action, h.mean, h.log_std
 
     # ---- stepping -----------------------------------------------------------------------------
     def reset(self, rows=None) -> None:
@@ -259,15 +254,9 @@ class Controller:
             raise ValueError(f"reward must be finite; got {reward}")
         self._check_out(out, (self.act_dim,))
         self._rew_flat[0] = reward
-        if self.discrete and out is not None:
-            raise ValueError("out= takes continuous actions; a discrete policy's step() returns an int")
+        self.actions.check_step_out(out)
         self._run()
-        if self.discrete:
-            return int(self._h.action[0])
-        if out is None:
-            return self._act_row.copy()
-        np.copyto(out, self._act_row, casting="same_kind")
-        return out
+        return self.actions.step_result(self._act_row, out)
 
     def step_batch(self, obs, rewards=None, is_first=None, out: np.ndarray | None = None) -> np.ndarray:
         """``batch`` robots: obs (batch, obs_dim), rewards (batch,) or scalar, is_first (batch,) bool.
@@ -326,10 +315,8 @@ class Controller:
 
     def _run(self) -> None:
         h = self._h
-        if self.stochastic and self.discrete:
-            _gumbel(self._rng, h.noise)
-        elif self.stochastic:
-            self._rng.standard_normal(out=h.noise, dtype=np.float32)
+        if self.stochastic:
+            self.actions.sample_noise(self._rng, h.noise)
         self._backend.run()
         h.is_first.fill(0.0)
         self.steps += 1
@@ -368,7 +355,7 @@ class Controller:
     def last_output(self) -> dict[str, np.ndarray]:
         """Copies of the last step's action, Gaussian mean and log-std (batch, act_dim); discrete: logits, log_probs."""
         h = self._h
-        a, b = ("logits", "log_probs") if self.discrete else ("mean", "log_std")
+        a, b = self.actions.head_names
         with self._lock:
             return {"action": h.action.copy(), a: h.mean.copy(), b: h.log_std.copy()}
 
@@ -398,16 +385,6 @@ def _numeric(name: str, value: Any, shape: str) -> np.ndarray:
     if arr is None or arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be a numeric array of shape {shape}; got {type(value).__name__} {value!r:.60}")
     return arr
-
-
-def _gumbel(rng: np.random.Generator, out: np.ndarray) -> None:
-    """Standard Gumbel noise -log(-log U) written into ``out`` in place (U = 0 gives -inf: never chosen)."""
-    rng.random(out=out, dtype=np.float32)
-    with np.errstate(divide="ignore"):
-        np.log(out, out=out)
-        np.negative(out, out=out)
-        np.log(out, out=out)
-    np.negative(out, out=out)
 
 
 def _flush_denormals_on_this_thread() -> None:

@@ -132,7 +132,7 @@ def run_rollouts(
     lat_ns: list[int] = []
     returns, lengths, successes = [], [], []
     rec_obs, rec_rew, rec_first, rec_act = [], [], [], []
-    action = np.zeros(ctrl.act_dim, dtype=np.float32)
+    out = ctrl.actions.out_buffer()  # steps write into it (a Discrete space's steps return ints instead)
     perf = time.perf_counter_ns
     start = time.perf_counter()
     try:
@@ -142,10 +142,7 @@ def run_rollouts(
             reward, ret, length, first = 0.0, 0.0, 0, True
             while True:
                 t0 = perf()
-                if ctrl.discrete:
-                    action = ctrl.step(obs, reward)
-                else:
-                    ctrl.step(obs, reward, out=action)
+                action = ctrl.step(obs, reward, out=out)
                 lat_ns.append(perf() - t0)
                 if record:
                     rec_obs.append(np.array(obs, dtype=np.float32))
@@ -179,20 +176,18 @@ def _check_spaces(ctrl: Controller, env, env_id: str) -> list[str]:
 
     notes = []
     obs_space, act_space = env.observation_space, env.action_space
-    emits = f"Discrete({ctrl.act_dim})" if ctrl.discrete else f"({ctrl.act_dim},) continuous actions"
-    if ctrl.discrete != isinstance(act_space, spaces.Discrete) or not isinstance(act_space, (spaces.Box,
-                                                                                           spaces.Discrete)):
-        raise ValueError(f"{env_id} has a {type(act_space).__name__} action space; the model emits {emits}")
+    actions = ctrl.actions
+    if not (isinstance(act_space, (spaces.Box, spaces.Discrete)) and actions.matches_kind(act_space)):
+        raise ValueError(f"{env_id} has a {type(act_space).__name__} action space; the model emits "
+                         f"{actions.describe()}")
     if obs_space.shape != (ctrl.obs_dim,):
         raise ValueError(f"{env_id} observations have shape {obs_space.shape}, the model expects ({ctrl.obs_dim},)")
-    if ctrl.discrete and int(act_space.n) != ctrl.act_dim:
-        raise ValueError(f"{env_id} has {act_space}, the model emits {emits}")
-    if not ctrl.discrete and act_space.shape != (ctrl.act_dim,):
-        raise ValueError(f"{env_id} actions have shape {act_space.shape}, the model emits ({ctrl.act_dim},)")
-    if not ctrl.discrete and not (np.allclose(act_space.low, ctrl.action_low)
-                                  and np.allclose(act_space.high, ctrl.action_high)):
-        notes.append(f"note: the model's action bounds {ctrl.action_low.tolist()}..{ctrl.action_high.tolist()} "
-                     f"differ from the env's {act_space.low.tolist()}..{act_space.high.tolist()}")
+    mismatch = actions.size_mismatch(act_space)
+    if mismatch is not None:
+        raise ValueError(f"{env_id} {mismatch}")
+    note = actions.bounds_note(act_space)
+    if note is not None:
+        notes.append(note)
     if ctrl.task_id and ctrl.task_id != env_id:
         notes.append(f"note: the model was trained on {ctrl.task_id}, running it on {env_id}")
     return notes

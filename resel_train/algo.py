@@ -21,10 +21,11 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from resel_train.action_space import ActionSpace, Box, Discrete
 from resel_train.buffer import Batch, next_view, pad_rows_time
 from resel_train.config import AlgoConfig, ModelConfig
 from resel_train.nets.critic import Critic
-from resel_train.nets.policy import Policy, sample_squashed
+from resel_train.nets.policy import Policy
 
 CRITIC_METRICS = ("critic_loss", "q_mean", "critic_grad_norm")
 POLICY_METRICS = ("policy_loss", "entropy", "policy_grad_norm", "alpha")
@@ -58,9 +59,9 @@ class UpdateNoise:
     ``head_pair``: (2,) int64, the target heads whose minimum is the bootstrap value;
     ``target``: standard-normal noise (rows, L, act_dim) for the next action in the critic target;
     ``policy``: the same for the action of the policy loss, or None on critic-only steps;
-    ``policy_step``: whether this update also steps the policy (and alpha). Discrete-action
-    updates take exact expectations over the actions, so they carry no action noise at all
-    (``target`` and ``policy`` None) and only the head pair and this flag.
+    ``policy_step``: whether this update also steps the policy (and alpha). The action space draws the
+    action noise: Discrete-action updates take exact expectations over the actions, so they carry
+    none at all (``target`` and ``policy`` None), only the head pair and this flag.
     """
 
     head_pair: Tensor
@@ -90,42 +91,6 @@ class UpdateNoise:
                            policy_step=self.policy_step)
 
 
-# ---- the two action spaces: soft value and policy objective ----------------------------------------
-# Selected once by RESeL.__init__; everything else in the update is shared.
-def gaussian_soft_value(critic: Critic, dist: tuple[Tensor, Tensor], obs: Tensor, context: Tensor,
-                        noise: Tensor | None, head_pair: Tensor, alpha: Tensor) -> Tensor:
-    """min over the head pair of Q(o, a') - alpha log pi(a'), a' a reparameterised tanh-Gaussian sample (..., 1)."""
-    act, logp = sample_squashed(*dist, noise)
-    q = critic.q(obs, act, context, heads=head_pair)  # only the pair's heads are computed
-    return q.amin(-1, keepdim=True) - alpha * logp
-
-
-def categorical_soft_value(critic: Critic, dist: tuple[Tensor, Tensor], obs: Tensor, context: Tensor,
-                           noise: Tensor | None, head_pair: Tensor, alpha: Tensor) -> Tensor:
-    """sum_a pi(a) (min over the head pair of Q(o, a) - alpha log pi(a)): the exact expectation (..., 1)."""
-    log_probs = dist[1]
-    q = critic.q_all(obs, context, heads=head_pair).amin(-2)  # (..., n_actions)
-    return (log_probs.exp() * (q - alpha * log_probs)).sum(-1, keepdim=True)
-
-
-def gaussian_policy_terms(critic: Critic, dist: tuple[Tensor, Tensor], obs: Tensor, context: Tensor,
-                          noise: Tensor | None, alpha: Tensor) -> tuple[Tensor, Tensor]:
-    """(alpha log pi(a) - mean over heads of Q(o, a), -log pi(a)) for a reparameterised sample a, each (..., 1)."""
-    act, logp = sample_squashed(*dist, noise)
-    q = critic.q(obs, act, context).mean(-1, keepdim=True)
-    return alpha * logp - q, -logp
-
-
-def categorical_policy_terms(critic: Critic, dist: tuple[Tensor, Tensor], obs: Tensor, context: Tensor,
-                             noise: Tensor | None, alpha: Tensor) -> tuple[Tensor, Tensor]:
-    """(sum_a pi(a) (alpha log pi(a) - mean over heads of Q(o, a)), the entropy), each (..., 1)."""
-    log_probs = dist[1]
-    probs = log_probs.exp()
-    q = critic.q_all(obs, context).mean(-2)  # (..., n_actions)
-    objective = (probs * (alpha * log_probs - q)).sum(-1, keepdim=True)
-    return objective, -(probs * log_probs).sum(-1, keepdim=True)
-
-
 class RESeL(nn.Module):
     """Policy, critic ensemble, target critic, temperature and their optimisers."""
 
@@ -133,26 +98,27 @@ class RESeL(nn.Module):
         self, obs_dim: int, act_dim: int, reward_as_input: bool, model: ModelConfig, algo: AlgoConfig,
         seed: int = 0, device: torch.device | str = "cpu", discrete: bool = False,
     ) -> None:
-        """``discrete``: ``act_dim`` actions of a Discrete space (one-hot in the batches), else a Box of act_dim."""
+        """``discrete``: ``act_dim`` actions of a Discrete space (one-hot in the batches), else a Box of act_dim;
+        the one choice of the action space (:mod:`resel_train.action_space`), which the networks and the update
+        then follow."""
         super().__init__()
-        self.algo, self.act_dim, self.discrete = algo, act_dim, discrete
+        self.algo, self.act_dim = algo, act_dim
+        self.space: ActionSpace = Discrete(act_dim) if discrete else Box(act_dim)
         device = torch.device(device)
-        kw = dict(encoder=model.encoder, encoder_kwargs=model.encoder_kwargs(), embed=model.embed, hidden=model.hidden,
-                  discrete=discrete)
-        self.policy = Policy(obs_dim, act_dim, reward_as_input, **kw)
-        self.critic = Critic(obs_dim, act_dim, reward_as_input, n_heads=model.n_critics, **kw)
+        kw = dict(encoder=model.encoder, encoder_kwargs=model.encoder_kwargs(), embed=model.embed, hidden=model.hidden)
+        self.policy = Policy(obs_dim, self.space, reward_as_input, **kw)
+        self.critic = Critic(obs_dim, self.space, reward_as_input, n_heads=model.n_critics, **kw)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.zeros(()))
         self.to(device)
-        self.target_entropy = -float(act_dim) if algo.target_entropy is None else float(algo.target_entropy)
+        self.target_entropy = (self.space.default_target_entropy if algo.target_entropy is None
+                               else float(algo.target_entropy))
         self._fixed_alpha = None if algo.fixed_alpha is None else torch.tensor(float(algo.fixed_alpha), device=device)
         self.policy_opt = make_adamw(parameter_groups(self.policy, algo.policy_lr, algo.encoder_lr), algo.policy_lr,
                                      device)
         self.critic_opt = make_adamw(parameter_groups(self.critic, algo.critic_lr, algo.encoder_lr), algo.critic_lr,
                                      device)
         self.alpha_opt = make_adamw([self.log_alpha], algo.alpha_lr, device)
-        self._soft_value = categorical_soft_value if discrete else gaussian_soft_value
-        self._policy_terms = categorical_policy_terms if discrete else gaussian_policy_terms
         self.generator = torch.Generator().manual_seed(seed)  # CPU: update noise and head pairs, resumable
         self.critic_steps = 0
 
@@ -168,10 +134,10 @@ class RESeL(nn.Module):
     def draw_noise(self, rows: int, length: int) -> UpdateNoise:
         """The next update's random draws, on the CPU; a policy step on every ``policy_delay``-th step."""
         shape = (rows, length, self.act_dim)
-        target = None if self.discrete else torch.randn(shape, generator=self.generator)
+        target = self.space.update_noise(shape, self.generator)
         head_pair = torch.randperm(self.critic.n_heads, generator=self.generator)[:2]
         policy_due = (self.critic_steps + 1) % self.algo.policy_delay == 0
-        policy = torch.randn(shape, generator=self.generator) if policy_due and not self.discrete else None
+        policy = self.space.update_noise(shape, self.generator) if policy_due else None
         return UpdateNoise(head_pair=head_pair, target=target, policy=policy, policy_step=policy_due)
 
     # ---- the update (device side, no host synchronisation) ---------------------------------------
@@ -188,7 +154,7 @@ class RESeL(nn.Module):
                 policy_out = self.policy(*history, batch.reset)[:2]
             dist = tuple(next_view(x.detach()) for x in policy_out)
             context = next_view(self.critic_target.context(*history, batch.reset))
-            soft_value = self._soft_value(self.critic_target, dist, next_view(batch.obs), context, noise.target,
+            soft_value = self.space.soft_value(self.critic_target, dist, next_view(batch.obs), context, noise.target,
                                           noise.head_pair, self.alpha)
             return batch.rew + self.algo.gamma * (1.0 - batch.terminated) * soft_value
 
@@ -224,7 +190,7 @@ class RESeL(nn.Module):
         with torch.no_grad():
             context = self.critic.context(*history, batch.reset)
         self.critic.requires_grad_(False)  # gradients reach the action (or its probabilities), not the critic
-        objective, entropy = self._policy_terms(self.critic, policy_out, batch.obs, context, noise, self.alpha)
+        objective, entropy = self.space.policy_terms(self.critic, policy_out, batch.obs, context, noise, self.alpha)
         self.critic.requires_grad_(True)
         policy_loss = masked_mean(objective, batch.mask)
         self.policy_opt.zero_grad(set_to_none=True)

@@ -50,7 +50,7 @@ class _Captured:
         for name in batch.__dataclass_fields__:
             getattr(self.batch, name).copy_(getattr(batch, name), non_blocking=True)
         self.noise.head_pair.copy_(noise.head_pair, non_blocking=True)
-        for name in ("target", "policy"):  # None for discrete actions (and policy on critic-only steps)
+        for name in ("target", "policy"):  # None where the action space draws no noise (and policy on critic-only steps)
             if getattr(noise, name) is not None:
                 getattr(self.noise, name).copy_(getattr(noise, name), non_blocking=True)
 

@@ -31,7 +31,9 @@ state with ``act_dim`` = the number of actions, and output
     action       (batch,) int64         argmax(logits + noise): ``noise`` is standard Gumbel noise for a
                                         sampled action (exact categorical sampling), zeros give the greedy one
     logits, log_probs (batch, act_dim)  the categorical head
-and ``prev_act`` is the one-hot of the chosen action.
+and ``prev_act`` is the one-hot of the chosen action. The policy's action space
+(:mod:`resel_train.action_space`) decodes either head, with the deploy contract's action mapping
+for the bounds and the output names.
 
 A zero state with ``is_first = 0`` and ``prev_reward = 0`` is equivalent to ``is_first = 1``. The
 encoder step is the training networks' own ``encoder.step`` (one implementation, written for export:
@@ -49,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from resel_deploy import contract
-from resel_train.nets.policy import Policy, categorical_action
+from resel_train.nets.policy import Policy
 from resel_train.persist.checkpoint import CheckpointError, load_checkpoint, nonfinite_weights, policy_from_checkpoint
 
 
@@ -82,13 +84,10 @@ class StepwisePolicy(nn.Module):
         super().__init__()
         self.policy = policy if live else policy.eval()
         self.obs_dim, self.act_dim, self.reward_as_input = policy.obs_dim, policy.act_dim, policy.reward_as_input
-        self.discrete = policy.discrete
         self.meta = dict(meta or {})
-        self.actions = contract.ActionMapping.from_bounds(action_low, action_high, self.act_dim, self.discrete)
+        self.space = policy.space.bounded(action_low, action_high)  # the decode, within these bounds
+        self.actions = self.space.mapping  # the deploy contract's action mapping
         self.action_low, self.action_high = list(self.actions.low), list(self.actions.high)
-        self.register_buffer("act_scale", torch.tensor(self.actions.scale), persistent=False)
-        self.register_buffer("act_offset", torch.tensor(self.actions.offset), persistent=False)
-        self.register_buffer("action_ids", torch.arange(self.act_dim), persistent=False)  # discrete: one-hot
         encoder = policy.encoder
         example = encoder.initial_state(1)
         names = encoder.state_names()
@@ -96,6 +95,11 @@ class StepwisePolicy(nn.Module):
         if not live:
             for p in self.parameters():
                 p.requires_grad_(False)
+
+    @property
+    def act_scale(self) -> Tensor:
+        """The action mapping's half-range per dimension, on the step's device."""
+        return self.space.act_scale
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -135,7 +139,7 @@ class StepwisePolicy(nn.Module):
 
     def io_spec(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The step's graph inputs and outputs: names, shapes and dtypes (see :func:`resel_deploy.contract.io_spec`)."""
-        return contract.io_spec(self.obs_dim, self.act_dim, self.discrete, [(s.name, s.shape) for s in self.state_spec()])
+        return contract.io_spec(self.obs_dim, self.actions, [(s.name, s.shape) for s in self.state_spec()])
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> tuple[Tensor, ...]:
         """All-zero state for ``batch`` robots (equivalent to starting every episode with is_first = 1)."""
@@ -157,14 +161,9 @@ class StepwisePolicy(nn.Module):
         # the training networks' own step (one implementation, also what the sequence form is tested against)
         mean, log_std, new_enc_state = self.policy.step(obs, prev_obs * keep, prev_act * keep, prev_rew, is_first,
                                                         tuple(enc_state))
-        if self.discrete:  # (logits, log_probs); Gumbel-max with the given noise, written export-friendly
-            action = categorical_action(mean, noise)
-            one_hot = (action[:, None] == self.action_ids).to(obs.dtype)
-            return (action, mean, log_std, obs.clone(), one_hot, *new_enc_state)
-        squashed = torch.tanh(mean + torch.exp(log_std) * noise)
-        action = squashed * self.act_scale + self.act_offset
+        action, prev_act = self.space.decode(mean, log_std, noise)  # env units, and the replay's form
         # obs.clone(): the new state must not alias an input buffer the caller will overwrite
-        return (action, mean, log_std, obs.clone(), squashed, *new_enc_state)
+        return (action, mean, log_std, obs.clone(), prev_act, *new_enc_state)
 
     @torch.no_grad()
     def step(

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from resel_deploy.contract import mapping_kind
+from resel_train.action_space import space_from_meta
 from resel_train.nets.policy import Policy
 from resel_train.persist.checkpoint import save_checkpoint
 
@@ -38,11 +40,12 @@ def model_spec(
     """
     if encoder_kwargs is None:
         encoder_kwargs = dict(PAPER_MAMBA) if encoder == "mamba" else {}
+    actions = mapping_kind(discrete).for_dims(act_dim)  # the space's own bounds where none are given
     return {
         "obs_dim": obs_dim, "act_dim": act_dim, "reward_as_input": reward_as_input, "encoder": encoder,
         "encoder_kwargs": encoder_kwargs, "embed": embed, "hidden": hidden,
-        "action_low": action_low if action_low is not None else [0.0] if discrete else [-1.0] * act_dim,
-        "action_high": action_high if action_high is not None else [act_dim - 1.0] if discrete else [1.0] * act_dim,
+        "action_low": action_low if action_low is not None else list(actions.low),
+        "action_high": action_high if action_high is not None else list(actions.high),
         "task_id": task_id, "discrete": discrete,
     }
 
@@ -50,8 +53,8 @@ def model_spec(
 def random_policy(spec: dict[str, Any], seed: int = 0, perturb: float = 0.02) -> Policy:
     """The policy of ``spec`` with seeded weights, each parameter moved by ``perturb`` noise (see the module doc)."""
     torch.manual_seed(seed)
-    policy = Policy(spec["obs_dim"], spec["act_dim"], spec["reward_as_input"], spec["encoder"],
-                    spec["encoder_kwargs"], spec["embed"], spec["hidden"], spec.get("discrete", False))
+    policy = Policy(spec["obs_dim"], space_from_meta(spec), spec["reward_as_input"], spec["encoder"],
+                    spec["encoder_kwargs"], spec["embed"], spec["hidden"])
     if perturb:
         g = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from resel_train.action_space import Box, Discrete
 from resel_train.nets.critic import Critic
 
 
@@ -23,10 +24,10 @@ def member_by_member(critic: Critic, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("discrete", [False, True])
 def test_heads_match_each_member_alone_with_gradients(discrete):
     torch.manual_seed(0)
-    critic = Critic(obs_dim=3, act_dim=2, encoder="mlp", n_heads=5, embed=8, hidden=16, discrete=discrete).double()
+    critic = Critic(3, Discrete(2) if discrete else Box(2), encoder="mlp", n_heads=5, embed=8, hidden=16).double()
     x = torch.randn(2, 7, critic.layers[0].weight.shape[1], dtype=torch.float64, requires_grad=True)
     weights = torch.randn(2, 7, 5, 2 if discrete else 1, dtype=torch.float64)
-    got = critic._heads(x)
+    got = critic.ensemble(x)
     grads = torch.autograd.grad((got * weights).sum(), [x, *critic.layers.parameters()])
     want = member_by_member(critic, x)
     want_grads = torch.autograd.grad((want * weights).sum(), [x, *critic.layers.parameters()])
@@ -39,7 +40,7 @@ def test_heads_match_each_member_alone_with_gradients(discrete):
 def test_selected_heads_equal_those_columns_of_all_heads(discrete):
     """The target computes only its random pair of heads: the same values as picking them from all heads."""
     torch.manual_seed(1)
-    critic = Critic(obs_dim=3, act_dim=2, encoder="mlp", n_heads=6, embed=8, hidden=16, discrete=discrete).double()
+    critic = Critic(3, Discrete(2) if discrete else Box(2), encoder="mlp", n_heads=6, embed=8, hidden=16).double()
     x = torch.randn(4, 5, critic.layers[0].weight.shape[1], dtype=torch.float64)
     pair = torch.tensor([4, 1])
-    torch.testing.assert_close(critic._heads(x, pair), critic._heads(x).index_select(-2, pair), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(critic.ensemble(x, pair), critic.ensemble(x).index_select(-2, pair), rtol=1e-12, atol=1e-12)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from resel_deploy import Controller, contract
-from resel_deploy.contract import ActionMapping, state_in, state_out
+from resel_deploy.contract import ActionMapping, BoxMapping, DiscreteMapping, state_in, state_out
 from resel_train.stepwise import StepwisePolicy
 from resel_train.testing import make_random_checkpoint
 
@@ -95,25 +95,25 @@ def test_state_name_literals_live_in_the_contract_only():
 
 def test_io_spec_follows_the_layout():
     layout = contract.state_layout(3, 2, [("gru", (8,))])
-    inputs, outputs = contract.io_spec(3, 2, False, layout)
+    inputs, outputs = contract.io_spec(3, BoxMapping.for_dims(2), layout)
     assert [i["name"] for i in inputs] == [*contract.INPUT_NAMES, *(state_in(n) for n in ("prev_obs", "prev_act",
                                                                                           "gru"))]
     assert [o["shape"] for o in outputs] == [["batch", 2]] * 3 + [["batch", 3], ["batch", 2], ["batch", 8]]
-    _, discrete = contract.io_spec(3, 4, True, contract.state_layout(3, 4, []))
+    _, discrete = contract.io_spec(3, DiscreteMapping(4), contract.state_layout(3, 4, []))
     assert discrete[0] == {"name": "action", "shape": ["batch"], "dtype": "int64"}
 
 
 # ---- the action mapping -----------------------------------------------------------------------
 def test_action_mapping_by_hand():
-    m = ActionMapping.from_bounds([-math.inf, -2.0, 0.0], [math.inf, 2.0, 10.0], 3)
+    m = BoxMapping.from_bounds([-math.inf, -2.0, 0.0], [math.inf, 2.0, 10.0], 3)
     assert m.low == (-1.0, -2.0, 0.0) and m.high == (1.0, 2.0, 10.0)
     np.testing.assert_array_equal(m.to_env(np.array([0.5, 0.5, -1.0], np.float32)),
                                   np.array([0.5, 1.0, 0.0], np.float32))
     assert ActionMapping.from_space(gymnasium.spaces.Discrete(4)).to_env(np.eye(4)[2]) == 2
     with pytest.raises(ValueError, match="act_dim=2 entries"):
-        ActionMapping.from_bounds([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], 2)
+        BoxMapping.from_bounds([0.0, 0.0, 0.0], [1.0, 1.0, 1.0], 2)
     with pytest.raises(ValueError, match="action_high 0.0 < action_low 1.0"):
-        ActionMapping.from_bounds([1.0], [0.0], 1)
+        BoxMapping.from_bounds([1.0], [0.0], 1)
 
 
 def test_infinite_bounds_one_mapping_for_the_checkpoint_the_graph_and_the_controller(tmp_path):
@@ -125,7 +125,7 @@ def test_infinite_bounds_one_mapping_for_the_checkpoint_the_graph_and_the_contro
     ctrl = Controller.load(ckpt)  # onnxruntime, exported in memory: its metadata bounds must be finite
     assert ctrl.action_low.tolist() == [-1.0, -2.0] and ctrl.action_high.tolist() == [1.0, 2.0]
     state = stepwise.initial_state(1)
-    mapping = ActionMapping.from_bounds([-math.inf, -2.0], [math.inf, 2.0], 2)
+    mapping = BoxMapping.from_bounds([-math.inf, -2.0], [math.inf, 2.0], 2)
     rng = np.random.default_rng(0)
     for t in range(10):
         obs = rng.standard_normal(3).astype(np.float32)
@@ -156,7 +156,7 @@ def test_the_trainer_maps_an_unbounded_box_like_the_deployed_policy(tmp_path, mo
         "model.mamba.dt_rank=2", "replay_capacity=1000", "threads=1"])
     trainer = Trainer(cfg)
     try:
-        assert trainer.actions == ActionMapping((-1.0,), (1.0,))
+        assert trainer.actions == BoxMapping((-1.0,), (1.0,))
         np.testing.assert_array_equal(trainer.to_env_action(np.array([0.75], np.float32)), [0.75])
         ckpt = trainer.save()
     finally:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from resel_experiments.metrics import read_metrics
+from resel_train.action_space import Discrete
 from resel_train.algo import RESeL, UpdateNoise
 from resel_train.buffer import TrajectoryBuffer
 from resel_train.config import resolve_config
@@ -108,7 +109,7 @@ def test_discrete_policy_loss_and_entropy_by_hand(monkeypatch):
 
 
 def test_discrete_critic_picks_the_stored_action_and_noise_has_no_action_draws():
-    critic = Critic(2, N_ACT, encoder="mlp", embed=8, hidden=16, discrete=True)
+    critic = Critic(2, Discrete(N_ACT), encoder="mlp", embed=8, hidden=16)
     obs, ctx = torch.randn(5, 2), torch.randn(5, 8)
     q_all = critic.q_all(obs, ctx)
     assert q_all.shape == (5, 8, N_ACT)
@@ -124,7 +125,7 @@ def test_discrete_critic_picks_the_stored_action_and_noise_has_no_action_draws()
 
 def test_categorical_head_log_probs_entropy_and_sampling():
     torch.manual_seed(0)
-    policy = Policy(4, N_ACT, encoder="mlp", embed=8, hidden=16, discrete=True)
+    policy = Policy(4, Discrete(N_ACT), encoder="mlp", embed=8, hidden=16)
     obs = torch.randn(2, 6, 4)
     logits, log_probs, _ = policy(obs, torch.zeros_like(obs), torch.zeros(2, 6, N_ACT), None,
                                   torch.zeros(2, 6, dtype=torch.bool))

@@ -46,7 +46,7 @@ def filled_buffer(seed=0, discrete: bool = False) -> TrajectoryBuffer:
 
 
 def run_updates(agent: RESeL, steps: int, pad: tuple[int, int] | None, device="cpu", seed=0) -> list[dict]:
-    buf, out = filled_buffer(seed, agent.discrete), []
+    buf, out = filled_buffer(seed, agent.space.discrete), []
     for _ in range(steps):
         batch = buf.sample(60)
         noise = agent.draw_noise(*batch.reset.shape)

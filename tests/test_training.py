@@ -33,7 +33,7 @@ def test_critic_target_by_hand(monkeypatch, terminated):
     """y_t = r_t + gamma (1 - term_t) (min over the drawn head pair of Q'(o_{t+1}) - alpha log pi)."""
     agent = tiny_agent(gamma=0.5, fixed_alpha=0.1)
     log_prob = 0.25
-    monkeypatch.setattr("resel_train.algo.sample_squashed",
+    monkeypatch.setattr("resel_train.action_space.sample_squashed",
                         lambda m, s, noise: (torch.zeros_like(m), torch.full_like(m, log_prob)))
     values = torch.arange(8, dtype=torch.float32) * 10.0  # head k: 10k + 2 * obs
     monkeypatch.setattr(agent.critic_target, "q",

@@ -1,14 +1,16 @@
 """The RESeL critic: its own history embedding and context encoder, and an 8-head Q ensemble.
 
-Continuous tasks: each head maps (o_t, a_t, context_t) to one value. Discrete tasks: the action is
+Box tasks: each head maps (o_t, a_t, context_t) to one value. Discrete tasks: the action is
 not an input of the head; each head outputs Q for every action at once (``q_all``), and the Q of a
 stored (one-hot) action is picked out of it, so the target and the policy loss can take exact
-expectations over the policy's action distribution.
+expectations over the policy's action distribution. The action space (``resel_train.action_space``)
+sizes the heads and computes the Q of a stored action.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +18,9 @@ from torch import Tensor, nn
 from resel_train.nets.encoders import State, make_encoder
 from resel_train.nets.inputs import HistoryEmbedding, xavier_init
 from resel_train.ops.activations import elu
+
+if TYPE_CHECKING:
+    from resel_train.action_space import ActionSpace
 
 
 class EnsembleLinear(nn.Module):
@@ -59,27 +64,28 @@ class Critic(nn.Module):
     def __init__(
         self,
         obs_dim: int,
-        act_dim: int,
+        space: ActionSpace,
         reward_as_input: bool = False,
         encoder: str = "mamba",
         encoder_kwargs: dict | None = None,
         n_heads: int = 8,
         embed: int = 128,
         hidden: int = 256,
-        discrete: bool = False,
     ) -> None:
+        """``space``: the action space (whether the action is a head input, and each head's output width)."""
         super().__init__()
-        self.n_heads, self.discrete = n_heads, discrete
-        self.embedding = HistoryEmbedding(obs_dim, act_dim, reward_as_input, embed)
+        self.n_heads = n_heads
+        self.embedding = HistoryEmbedding(obs_dim, space.act_dim, reward_as_input, embed)
         self.encoder = make_encoder(encoder, self.embedding.out_dim, embed, hidden, **(encoder_kwargs or {}))
         self.head_obs = nn.Linear(obs_dim, embed)
-        self.head_act = None if discrete else nn.Linear(act_dim, embed)
-        head_in, head_out = (2 * embed, act_dim) if discrete else (3 * embed, 1)
+        self.head_act = space.critic_action_embedding(embed)
+        head_in, head_out = space.critic_head_dims(embed)
         self.layers = nn.ModuleList(
             [EnsembleLinear(n_heads, head_in, hidden), EnsembleLinear(n_heads, hidden, hidden),
              EnsembleLinear(n_heads, hidden, head_out)]
         )
         xavier_init(self)
+        self.space = space
 
     def context(
         self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None, resets: Tensor,
@@ -89,17 +95,15 @@ class Critic(nn.Module):
         return self.encoder(self.embedding(obs, prev_obs, prev_act, prev_rew), resets, state)[0]
 
     def q(self, obs: Tensor, act: Tensor, context: Tensor, heads: Tensor | None = None) -> Tensor:
-        """Q values (..., n_heads), or (..., len(heads)) for the heads in ``heads`` only; discrete ``act`` is
-        one-hot (or any weighting)."""
-        if self.discrete:
-            return (self.q_all(obs, context, heads) * act[..., None, :]).sum(-1)
-        return self._heads(torch.cat([self.head_obs(obs), self.head_act(act), context], dim=-1), heads).squeeze(-1)
+        """Q values (..., n_heads), or (..., len(heads)) for the heads in ``heads`` only, of the action ``act`` as
+        the replay stores it (a Discrete space's one-hot, or any weighting)."""
+        return self.space.critic_q(self, obs, act, context, heads)
 
     def q_all(self, obs: Tensor, context: Tensor, heads: Tensor | None = None) -> Tensor:
         """Discrete tasks: Q of every action, (..., n_heads or len(heads), n_actions)."""
-        return self._heads(torch.cat([self.head_obs(obs), context], dim=-1), heads)
+        return self.ensemble(torch.cat([self.head_obs(obs), context], dim=-1), heads)
 
-    def _heads(self, x: Tensor, heads: Tensor | None = None) -> Tensor:
+    def ensemble(self, x: Tensor, heads: Tensor | None = None) -> Tensor:
         """The ensemble MLPs (all, or the members in ``heads``) on (..., in) -> (..., members, out)."""
         lead = x.shape[:-1]
         out = ensemble_mlp(x.reshape(-1, x.shape[-1]), [layer.members(heads) for layer in self.layers])

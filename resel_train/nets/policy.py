@@ -1,13 +1,16 @@
 """The RESeL policy: history embedding -> context encoder -> tanh-squashed Gaussian or categorical head.
 
-Continuous tasks get a Gaussian head (mean, log_std); Discrete ones (Key-to-Door) a categorical
-head over ``act_dim`` actions that outputs (logits, log_probs). Either pair is what the update and
-the deployment step consume, so both action spaces share every other line of the network.
+Box tasks get a Gaussian head (mean, log_std); Discrete ones (Key-to-Door) a categorical head over
+``act_dim`` actions that outputs (logits, log_probs). The action space (``resel_train.action_space``)
+sizes the head and reads its output; either pair is what the update and the deployment step consume,
+so both action spaces share every other line of the network. The distributions' sampling math lives
+here too (:func:`sample_squashed`, :func:`gumbel_noise`, :func:`categorical_action`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,9 @@ from torch import Tensor, nn
 from resel_train.nets.encoders import State, make_encoder
 from resel_train.nets.inputs import HistoryEmbedding, xavier_init
 from resel_train.ops.activations import ELU
+
+if TYPE_CHECKING:
+    from resel_train.action_space import ActionSpace
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
@@ -26,34 +32,36 @@ class Policy(nn.Module):
     def __init__(
         self,
         obs_dim: int,
-        act_dim: int,
+        space: ActionSpace,
         reward_as_input: bool = False,
         encoder: str = "mamba",
         encoder_kwargs: dict | None = None,
         embed: int = 128,
         hidden: int = 256,
-        discrete: bool = False,
     ) -> None:
+        """``space``: the action space (a Box's or a Discrete's head)."""
         super().__init__()
+        act_dim = space.act_dim
         self.obs_dim, self.act_dim, self.reward_as_input = obs_dim, act_dim, reward_as_input
-        self.discrete = discrete
         self.embedding = HistoryEmbedding(obs_dim, act_dim, reward_as_input, embed)
         self.encoder = make_encoder(encoder, self.embedding.out_dim, embed, hidden, **(encoder_kwargs or {}))
         self.head_obs = nn.Linear(obs_dim, embed)
         self.head = nn.Sequential(
             nn.Linear(2 * embed, hidden), ELU(),
             nn.Linear(hidden, hidden), ELU(),
-            nn.Linear(hidden, act_dim if discrete else 2 * act_dim),
+            nn.Linear(hidden, space.policy_out_dim),
         )
         xavier_init(self)
+        self.space = space
+
+    @property
+    def discrete(self) -> bool:
+        """Whether the policy acts in a Discrete space (the checkpoint's ``discrete`` key)."""
+        return self.space.discrete
 
     def _head(self, obs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_std) of the Gaussian, or (logits, log_probs) of the categorical, each (..., act_dim)."""
-        out = self.head(torch.cat([self.head_obs(obs), context], dim=-1))
-        if self.discrete:
-            return out, torch.log_softmax(out, dim=-1)
-        log_std, mean = out.chunk(2, dim=-1)
-        return mean, log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return self.space.policy_head(self.head(torch.cat([self.head_obs(obs), context], dim=-1)))
 
     def forward(
         self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None, resets: Tensor,

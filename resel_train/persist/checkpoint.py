@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from resel_train.action_space import space_from_meta
 from resel_train.nets.policy import Policy
 from resel_train.persist.atomic import atomic_write, fsync_dir, remove_temp_files
 from resel_train.persist.crashpoint import crash_point
@@ -191,8 +192,8 @@ def policy_from_checkpoint(data: dict[str, Any]) -> Policy:
     """Rebuild the policy network described by ``data['model']`` and load its weights."""
     spec = data["model"]
     policy = Policy(
-        spec["obs_dim"], spec["act_dim"], spec["reward_as_input"], spec["encoder"], spec["encoder_kwargs"],
-        spec["embed"], spec["hidden"], spec.get("discrete", False),
+        spec["obs_dim"], space_from_meta(spec), spec["reward_as_input"], spec["encoder"], spec["encoder_kwargs"],
+        spec["embed"], spec["hidden"],
     )
     policy.load_state_dict(data["policy"])
     return policy
