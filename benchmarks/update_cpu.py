@@ -100,7 +100,7 @@ class OurUpdate:
             self.step()
 
     def step(self) -> None:
-        metrics = self.trainer.update_once()
+        metrics = self.trainer.learner.update_once()
         float(next(iter(metrics.values())))  # the update has finished
 
 

@@ -168,8 +168,9 @@ def test_two_update_smoke_run_keytodoor(tmp_path):
     cfg = resolve_config("KeyToDoor-60", overrides=overrides, steps=87, out=str(tmp_path))
     trainer = Trainer(cfg)
     result = trainer.train(show_progress=False)
-    assert trainer.agent.critic_steps == 2 and np.isfinite(result["critic_loss"]) and np.isfinite(result["policy_loss"])
-    stored = trainer.buffer.sample(32).act
+    assert trainer.learner.agent.critic_steps == 2
+    assert np.isfinite(result["critic_loss"]) and np.isfinite(result["policy_loss"])
+    stored = trainer.learner.buffer.sample(32).act
     assert set(stored.sum(-1).unique().tolist()) <= {0.0, 1.0}  # one-hot actions (zero in padding)
     data = load_checkpoint(trainer.run_dir / "checkpoint.pt")
     assert data["model"]["discrete"] is True and data["model"]["act_dim"] == 4
