@@ -303,7 +303,7 @@ class RESeL:
         loaded checkpoint's, on ``device``."""
         t = self._trainer
         if t is not None and (self._stepwise is None or self._stepwise.policy is not t.policy):
-            spec = t.model_spec()
+            spec = t.model_spec
             meta = {k: spec[k] for k in ("task_id", "encoder", "encoder_kwargs", "embed", "hidden")}
             self._stepwise = StepwisePolicy(t.policy, spec["action_low"], spec["action_high"], meta,
                                             live=True).to(t.device)

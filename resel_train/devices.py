@@ -1,8 +1,20 @@
-"""The torch device a config's ``device`` names, refused with a one-line reason when this machine lacks it."""
+"""The torch device a config's ``device`` names (refused with a one-line reason when this machine lacks it),
+and the process-wide torch settings of a training run."""
 
 from __future__ import annotations
 
 import torch
+
+from resel_train.config import TrainConfig
+
+
+def configure_torch(cfg: TrainConfig) -> torch.device:
+    """Set torch's thread count (``cfg.threads``; 0 keeps torch's) and global seed; returns the run's device."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    return device
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,33 +10,41 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from resel_train.evaluator import EvalResult
+from resel_train.logger import RunLogger
 
 
-class ProgressBar:
-    """A rich progress bar from ``completed`` to ``total`` steps; ``enabled=False`` shows nothing."""
+class Monitor:
+    """One ``train`` call as a person follows it: rows to metrics.csv and TensorBoard (``logger``), and a rich
+    progress bar from ``completed`` to ``total`` steps with a status line (``enabled=False``: no bar)."""
 
-    def __init__(self, title: str, total: int, completed: int, enabled: bool) -> None:
+    def __init__(self, logger: RunLogger, clock: RunClock, title: str, total: int, completed: int,
+                 enabled: bool) -> None:
+        self.logger, self.clock = logger, clock
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             TextColumn("{task.fields[status]}"), disable=not enabled, transient=False,
         )
-        self._title, self._total, self._completed = title, total, completed
+        self._task = self._progress.add_task(title, total=total, completed=completed, status="")
 
-    def __enter__(self) -> ProgressBar:
+    def __enter__(self) -> Monitor:
         self._progress.__enter__()
-        self._task = self._progress.add_task(self._title, total=self._total, completed=self._completed, status="")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(*exc)
+        self.logger.close()
+
+    def log(self, step: int, episodes: int, recent_returns: Sequence[float], last_evaluation: EvalResult | None,
+            metrics: dict[str, float]) -> None:
+        """Write the row of ``step`` (with the evaluation if it is that step's) and show its status."""
+        rate = self.clock.rate(step)
+        own = last_evaluation if last_evaluation is not None and last_evaluation.step == step else None
+        self.logger.log(metrics_row(step, self.clock.seconds, rate, episodes, recent_returns, own, metrics))
+        self._progress.update(self._task, status=status_line(rate, recent_returns, last_evaluation))
 
     def advance_to(self, step: int) -> None:
         """Show ``step`` steps done."""
         self._progress.update(self._task, completed=step)
-
-    def show(self, status: str) -> None:
-        """Replace the status text after the bar."""
-        self._progress.update(self._task, status=status)
 
 
 def status_line(rate: float, recent_returns: Sequence[float], evaluation: EvalResult | None) -> str:

@@ -9,7 +9,8 @@ process training in the folder (:class:`~resel_train.persist.runlock.RunLock`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,17 @@ class RunStore:
     def release(self) -> None:
         """Let another process (or model) take the folder."""
         self._lock.release()
+
+    @contextmanager
+    def training(self, step: int) -> Iterator[None]:
+        """Hold the folder while a ``train`` call at env step ``step`` runs; refused if another process holds it
+        or changed the unit since this store last read or wrote it."""
+        self.hold()
+        try:
+            self.check_unit_is_ours(step)
+            yield
+        finally:
+            self.release()
 
     @property
     def previous_holder(self) -> str | None:

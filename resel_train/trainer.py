@@ -1,11 +1,9 @@
 """The training loop over its components: collect -> store whole episodes -> update -> evaluate -> log -> save.
 
-:class:`~resel_train.collector.Collector` (train env, stepwise policy, collection RNGs),
-:class:`~resel_train.learner.Learner` (agent, replay, update, divergence guard),
-:class:`~resel_train.evaluator.Evaluator` and :class:`~resel_train.run_store.RunStore` (run folder:
-lock, checkpoint unit, metrics log) each own their state; a checkpoint is ``{component: state_dict}``.
-SIGINT/SIGTERM finish the step, save and raise :class:`TrainingInterrupted`; a non-finite loss, gradient
-or parameter raises :class:`~resel_train.guard.TrainingDiverged` without saving over the last checkpoint.
+Collector (train env, stepwise policy, collection RNGs), Learner (agent, replay, update, divergence guard),
+Evaluator and RunStore (run folder: lock, checkpoint unit, metrics log) each own their state; a checkpoint is
+``{component: state_dict}``. SIGINT/SIGTERM finish the step, save and raise :class:`TrainingInterrupted`; a
+non-finite loss, gradient or parameter raises ``TrainingDiverged`` without saving over the last checkpoint.
 """
 
 from __future__ import annotations
@@ -18,11 +16,11 @@ import torch
 from resel_train.callbacks import BaseCallback, CallbackList, default_callbacks
 from resel_train.collector import Collector
 from resel_train.config import TrainConfig, config_from_dict, config_to_dict, resume_config, run_dir_for, validate_config
-from resel_train.devices import resolve_device
+from resel_train.devices import configure_torch
 from resel_train.evaluator import EvalResult, Evaluator
 from resel_train.guard import TrainingDiverged
 from resel_train.learner import Learner
-from resel_train.monitor import ProgressBar, RunClock, metrics_row, status_line
+from resel_train.monitor import Monitor, RunClock
 from resel_train.run_store import RunStore, model_spec
 from resel_train.signals import StopOnSignals, TrainingInterrupted
 
@@ -33,8 +31,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, resume: bool = False,
                  requested_keys: list[str] | None = None) -> None:
-        """``requested_keys``: on resume, the config keys the caller set, compared with the run's (see
-        :func:`~resel_train.config.resume_config`); None compares every key of ``cfg``."""
+        """``requested_keys``: on resume, the config keys the caller set (compared with the run's, see
+        :func:`~resel_train.config.resume_config`); None: every key of ``cfg``."""
         if not resume:
             validate_config(cfg)
         self.store = RunStore(Path(run_dir) if run_dir is not None else run_dir_for(cfg))
@@ -42,17 +40,14 @@ class Trainer:
         saved = self.store.open(resume)
         try:
             self.cfg = resume_config(config_from_dict(saved["config"]), cfg, requested_keys) if saved else cfg
-            if self.cfg.threads:
-                torch.set_num_threads(self.cfg.threads)
-            self.device = resolve_device(self.cfg.device)
-            torch.manual_seed(self.cfg.seed)
-            self.collector = Collector(self.cfg)
-            self.evaluator = Evaluator(self.cfg, self.collector.actions)
-            self.learner = Learner(self.cfg, self.collector.obs_dim, self.collector.act_dim, self.device)
+            self.device = configure_torch(self.cfg)
+            c = self.collector = Collector(self.cfg)
+            self.evaluator = Evaluator(self.cfg, c.actions)
+            self.learner = Learner(self.cfg, c.obs_dim, c.act_dim, self.device)
             self.policy = self.learner.policy  # the live policy network
+            self.model_spec = model_spec(self.cfg, c.obs_dim, c.act_dim, c.actions)  # the checkpoint's, for deployment
             self.last_evaluation: EvalResult | None = None
-            self.clock = RunClock()
-            self._callbacks, self._stop = CallbackList([]), False
+            self.clock, self._callbacks, self._stop = RunClock(), CallbackList([]), False
             if saved:
                 self.load_state_dict(self.store.components(saved))
             self.store.write_config(config_to_dict(self.cfg))
@@ -65,63 +60,49 @@ class Trainer:
         """Environment steps of the run so far (over every process and resume)."""
         return self.collector.env_steps
 
-    def model_spec(self) -> dict:
-        """The checkpoint's ``model`` section: what deployment needs to rebuild the policy."""
-        return model_spec(self.cfg, self.collector.obs_dim, self.collector.act_dim, self.collector.actions)
-
     def train(self, until_step: int | None = None, show_progress: bool = True,
               callbacks: list[BaseCallback] | CallbackList | None = None) -> dict[str, float]:
-        """Train, holding the run folder's lock, until the run has ``until_step`` env steps (None: ``cfg.steps``;
-        given, it becomes ``cfg.steps``, where a resume stops), then save. ``callbacks`` receive the run's events
-        (resel_train/callbacks.py); None: :func:`~resel_train.callbacks.default_callbacks` (a list replaces them)."""
+        """Train, holding the run folder's lock, to ``until_step`` env steps (None: ``cfg.steps``; given, it becomes
+        ``cfg.steps``, where a resume stops), then save. ``callbacks`` (None: the defaults) receive the run's events."""
         if until_step is not None:
             self.cfg.steps = until_step
         self._callbacks = CallbackList(default_callbacks(self.cfg) if callbacks is None else callbacks)
-        self.store.hold()
         try:
-            self.store.check_unit_is_ours(self.env_steps)
-            with StopOnSignals(self.store.kept) as signals:
+            with self.store.training(self.env_steps), StopOnSignals(self.store.kept) as signals:
                 return self._loop(show_progress, signals)
         finally:
             self._callbacks = CallbackList([])
-            self.store.release()
 
     def _loop(self, show_progress: bool, signals: StopOnSignals) -> dict[str, float]:
         cfg, callbacks, collector, learner = self.cfg, self._callbacks, self.collector, self.learner
-        logger = self.store.open_log(self.env_steps, config_to_dict(cfg))
-        collector.begin(learner.policy, self.device)
+        monitor = Monitor(self.store.open_log(self.env_steps, config_to_dict(cfg)), self.clock,
+                          f"{cfg.env} ({cfg.model.encoder})", cfg.steps, self.env_steps, show_progress)
+        collector.begin(self.policy, self.device)
         self.clock.start(self.env_steps)
         self._stop = False
         try:
-            callbacks.init_callback(self)
-            callbacks.on_training_start()
-            with ProgressBar(f"{cfg.env} ({cfg.model.encoder})", cfg.steps, self.env_steps, show_progress) as bar:
+            with monitor:
+                callbacks.init_callback(self)
+                callbacks.on_training_start()
                 while not self._stop and self.env_steps < cfg.steps and signals.received is None:
                     episode = collector.step()
                     if episode is not None:
                         learner.add(episode)
                         callbacks.on_episode_end(episode.total_return)
                     learner.after_env_step(self.env_steps)
-                    log_now = self.env_steps % cfg.log_every == 0
-                    if log_now:
+                    if log_now := self.env_steps % cfg.log_every == 0:
                         learner.check(self.env_steps)
                     self._stop = callbacks.on_step() is False or self._stop  # evaluation runs here (EvalCallback)
-                    evaluated = self.last_evaluation is not None and self.last_evaluation.step == self.env_steps
-                    if evaluated or log_now:
-                        rate = self.clock.rate(self.env_steps)
-                        logger.log(metrics_row(self.env_steps, self.clock.seconds, rate, collector.episodes,
-                                               collector.recent_returns, self.last_evaluation if evaluated else None,
-                                               learner.metric_floats()))
-                        bar.show(status_line(rate, collector.recent_returns, self.last_evaluation))
+                    last = self.last_evaluation
+                    if log_now or (last is not None and last.step == self.env_steps):
+                        monitor.log(self.env_steps, collector.episodes, collector.recent_returns, last,
+                                    learner.metric_floats())
                     callbacks.on_step_end()  # checkpoints are saved here (CheckpointCallback), after the row
-                    bar.advance_to(self.env_steps)
-        except TrainingDiverged:
+                    monitor.advance_to(self.env_steps)
+        except Exception as exc:
+            if not isinstance(exc, TrainingDiverged):
+                learner.check(self.env_steps)  # a NaN that crashed the loop is reported as the divergence it is
             raise
-        except Exception:
-            learner.check(self.env_steps)  # a NaN that crashed the loop is reported as the divergence it is
-            raise
-        finally:
-            logger.close()
         path = self.save()
         self.clock.stop()
         callbacks.on_training_end()
@@ -143,7 +124,7 @@ class Trainer:
     def save(self) -> Path:
         """Replace the run's checkpoint + replay unit atomically (see run_store.py); refuses a diverged state."""
         self.learner.check(self.env_steps)
-        return self.store.save(self.env_steps, lambda: (self.model_spec(), config_to_dict(self.cfg), self.state_dict()))
+        return self.store.save(self.env_steps, lambda: (self.model_spec, config_to_dict(self.cfg), self.state_dict()))
 
     def state_dict(self) -> dict[str, dict]:
         """``{component: state_dict}``: the learner, the collector and the loop's own (wall time, global RNGs)."""

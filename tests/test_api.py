@@ -114,7 +114,7 @@ def test_predict_state_and_episode_start(trained):
     np.testing.assert_array_equal(s0["prev_obs"][0], obs.astype(np.float32))
     a_other_reward, _ = model.predict(obs, s0, deterministic=True, reward=-3.0)
     assert not np.array_equal(a1, a_other_reward)  # Wind feeds the previous reward to the policy
-    spec = model.trainer.model_spec()
+    spec = model.trainer.model_spec
     low, high = np.asarray(spec["action_low"]), np.asarray(spec["action_high"])
     sampled = np.stack([model.predict(obs)[0] for _ in range(20)])
     assert (sampled >= low).all() and (sampled <= high).all() and len(np.unique(sampled[:, 0])) > 1
