@@ -75,13 +75,12 @@ class Trainer:
 
     def _loop(self, show_progress: bool, signals: StopOnSignals) -> dict[str, float]:
         cfg, callbacks, collector, learner = self.cfg, self._callbacks, self.collector, self.learner
-        monitor = Monitor(self.store.open_log(self.env_steps, config_to_dict(cfg)), self.clock,
-                          f"{cfg.env} ({cfg.model.encoder})", cfg.steps, self.env_steps, show_progress)
         collector.begin(self.policy, self.device)
         self.clock.start(self.env_steps)
         self._stop = False
         try:
-            with monitor:
+            with Monitor(self.store.open_log(self.env_steps, config_to_dict(cfg)), self.clock,
+                         f"{cfg.env} ({cfg.model.encoder})", cfg.steps, self.env_steps, show_progress) as monitor:
                 callbacks.init_callback(self)
                 callbacks.on_training_start()
                 while not self._stop and self.env_steps < cfg.steps and signals.received is None:
