@@ -202,6 +202,42 @@ def test_stop_on_reward_threshold_stops_at_the_first_evaluation(tmp_path):
     assert model.num_timesteps == 20 and model.trainer.last_evaluation.step == 20
 
 
+class Events(BaseCallback):
+    """Logs the evaluations it receives and the steps it sees begin and end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    def on_step(self) -> bool:
+        self.calls.append(("step", self.num_timesteps))
+        return True
+
+    def on_evaluation(self, result) -> bool:
+        self.calls.append(("evaluation", result.step))
+        assert result is self.trainer.last_evaluation and np.isfinite(result.mean_return)
+        return True
+
+    def on_step_end(self) -> None:
+        self.calls.append(("step_end", self.num_timesteps))
+
+
+def test_callbacks_receive_each_evaluation_and_the_end_of_each_step(tmp_path):
+    model = tiny(tmp_path, eval_every=20, log_every=10**6)
+    events = Events()
+    model.learn(WARMUP + 5, callbacks=[events])
+    assert [s for kind, s in events.calls if kind == "evaluation"] == eval_rows(model.run_dir) == [20, 40, 60, WARMUP + 5]
+    at = events.calls.index(("evaluation", 20))  # the default EvalCallback evaluates in its on_step, before ours
+    assert events.calls[at - 1:at + 3] == [("step_end", 19), ("evaluation", 20), ("step", 20), ("step_end", 20)]
+    assert [s for kind, s in events.calls if kind == "step_end"] == list(range(1, WARMUP + 6))
+
+
+def test_a_stop_on_evaluation_works_wherever_the_callback_stands(tmp_path):
+    model = tiny(tmp_path, eval_every=10**6, log_every=10**6)
+    model.learn(WARMUP + 5, callbacks=[StopTrainingOnRewardThreshold(-1e9), EvalCallback(eval_every=20, episodes=1)])
+    assert model.num_timesteps == 20 and model.trainer.last_evaluation.step == 20
+
+
 def test_learn_trains_that_many_more_steps_each_call_as_in_sb3(tmp_path):
     model = tiny(tmp_path / "run", eval_every=10**6, log_every=10)
     model.learn(WARMUP + 2)
