@@ -297,15 +297,14 @@ def train_case(sizes: Sizes, device: torch.device, smoke: bool) -> dict:
         cfg = resolve_config("Walker2d-gravity", overrides=overrides, steps=warmup, out=tmp, device=str(device))
         trainer = Trainer(cfg)
         trainer.train(show_progress=False)  # warm-up: random actions, no updates
-        trainer.cfg.steps = warmup + sizes.train_updates
         sync(device)
         t0 = time.perf_counter()
-        trainer.train(show_progress=False)
+        trainer.train(until_step=warmup + sizes.train_updates, show_progress=False)
         sync(device)
         seconds = time.perf_counter() - t0
     return {"case": "train", "env": "Walker2d-gravity", "preset": cfg.preset, "batch": cfg.algo.batch_size,
             "encoder": cfg.model.encoder, "updates": sizes.train_updates, "env_steps_per_s": sizes.train_updates / seconds,
-            "cuda_graphs": trainer.uses_cuda_graphs,
+            "cuda_graphs": trainer.learner.uses_cuda_graphs,
             "note": "includes one final evaluation episode and one checkpoint save"}
 
 

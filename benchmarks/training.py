@@ -66,9 +66,8 @@ def throughput(args: argparse.Namespace) -> None:
             trainer = Trainer(cfg)
             trainer.train(show_progress=False)
             steps = updates * cfg.algo.update_every
-            trainer.cfg.steps += steps
             t0 = time.perf_counter()
-            trainer.train(show_progress=False)
+            trainer.train(until_step=trainer.env_steps + steps, show_progress=False)
             rate = steps / (time.perf_counter() - t0)
             results.append({"preset": preset, "encoder": encoder, "batch": cfg.algo.batch_size,
                             "update_every": cfg.algo.update_every, "steps_per_s": rate})

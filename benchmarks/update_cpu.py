@@ -1,6 +1,6 @@
 """CPU cost of one RESeL update per encoder, side by side with one SB3 SAC gradient step, one torch thread.
 
-Per case: process-CPU milliseconds per ``Trainer.update_once()`` (sample + update; CPU time rather
+Per case: process-CPU milliseconds per ``Learner.update_once()`` (sample + update; CPU time rather
 than wall time, so a shared machine's descheduling does not count), aten calls per update
 (``torch.profiler``), and optionally env steps/s of a short real training run. The peer is SB3's
 SAC (MlpPolicy 256x256, batch 256) on Pendulum-v1: ms per ``model.train(gradient_steps=1)`` and
@@ -100,7 +100,7 @@ class OurUpdate:
             self.step()
 
     def step(self) -> None:
-        metrics = self.trainer.update_once()
+        metrics = self.trainer.learner.update_once()
         float(next(iter(metrics.values())))  # the update has finished
 
 

@@ -121,8 +121,8 @@ def train(
         config is not None and "preset" in load_config_file(config))
     if not named and trainer.cfg.preset == "cpu" and not resume:
         console.print(auto_preset_note(env))
-    if trainer.lock.previous_holder:
-        console.print(f"took over the stale lock of a process that is gone ({trainer.lock.previous_holder})")
+    if trainer.store.previous_holder:
+        console.print(f"took over the stale lock of a process that is gone ({trainer.store.previous_holder})")
     console.print(f"run folder: [bold]{trainer.run_dir}[/]  preset: {trainer.cfg.preset}  "
                   f"device: {trainer.device}  steps: {trainer.cfg.steps}")
     c = trainer.cfg
@@ -131,11 +131,11 @@ def train(
         if model.run_timesteps < c.steps:  # --steps is the run's total: a resume trains what is left
             model.learn(c.steps - model.run_timesteps, progress_bar=progress, reset_num_timesteps=False)
         else:
-            trainer.lock.release()
+            trainer.close()
     except OSError as exc:  # e.g. the disk filled up during a save: the unit on disk is still whole
         if _options["debug"]:
             raise
-        _fail(OSError(f"{_message(exc)}; {trainer.kept()}"))
+        _fail(OSError(f"{_message(exc)}; {trainer.store.kept()}"))
     except TrainingInterrupted as exc:
         for sig in (signal.SIGINT, signal.SIGTERM):  # the run is saved: another signal now just ends the process
             signal.signal(sig, signal.SIG_DFL)
@@ -144,10 +144,11 @@ def train(
     except TrainingDiverged as exc:
         if _options["debug"]:
             raise
-        _fail(ValueError(f"{exc}; stopped without saving: {trainer.kept()}. Lower the learning rates, or resume "
+        _fail(ValueError(f"{exc}; stopped without saving: {trainer.store.kept()}. Lower the learning rates, or resume "
                          f"from that checkpoint ({again})"), EXIT_DIVERGED)
-    success = trainer.last_eval_success
-    console.print(f"done: {model.run_timesteps} steps, last eval return {trainer.last_eval}"
+    last = trainer.last_evaluation
+    success = None if last is None else last.success_rate
+    console.print(f"done: {model.run_timesteps} steps, last eval return {None if last is None else last.mean_return}"
                   + ("" if success is None else f", success rate {success:.0%}"))
     console.print(f"checkpoint: {trainer.run_dir / 'checkpoint.pt'}")
 

@@ -27,7 +27,8 @@ def main() -> None:
     model = RESeL(args.env, preset="cpu", out=args.out, resume=existing)
     if model.run_timesteps < args.steps:  # --steps is the run's total, as in `resel train --steps`
         model.learn(args.steps - model.run_timesteps, progress_bar=True)
-    print(f"trained {model.run_timesteps} steps in {model.run_dir}; last eval return {model.trainer.last_eval}")
+    last = model.trainer.last_evaluation
+    print(f"trained {model.run_timesteps} steps in {model.run_dir}; last eval return {last.mean_return}")
 
     report = model.export(model.run_dir / "policy.onnx")
     print(f"exported {report.path} (opset {report.opset}); max |onnx - torch| = {report.max_abs_error:.2e}")

@@ -49,6 +49,7 @@ _EXPORTS = {
     "CallbackList": "resel_train.callbacks",
     "CheckpointCallback": "resel_train.callbacks",
     "EvalCallback": "resel_train.callbacks",
+    "EvalResult": "resel_train.evaluator",
     "StopTrainingOnRewardThreshold": "resel_train.callbacks",
 }
 __all__ = sorted(_EXPORTS)

@@ -38,11 +38,12 @@ from resel_train.config import (
     parse_overrides,
     resolve_config,
 )
+from resel_train.devices import resolve_device
 from resel_train.persist.atomic import atomic_write
 from resel_train.persist.checkpoint import CHECKPOINT, load_checkpoint, referenced_replay
 from resel_train.persist.runlock import RunLocked
 from resel_train.stepwise import StepwisePolicy
-from resel_train.trainer import Trainer, resolve_device
+from resel_train.trainer import Trainer
 
 FORMATS = ("onnx", "tensorrt")
 
@@ -235,10 +236,7 @@ class RESeL:
             self._counter_start = trainer.env_steps
         for c in chain:
             c.init_callback(trainer, self)
-        if not trainer.lock.held:  # the previous train() released it
-            trainer.lock.acquire()
-        trainer.cfg.steps = target
-        trainer.train(show_progress=progress_bar, callbacks=chain)
+        trainer.train(until_step=target, show_progress=progress_bar, callbacks=chain)
         return self
 
     # ---- saving and export ----------------------------------------------------------------------
@@ -304,10 +302,10 @@ class RESeL:
         when this model has a trainer (no copy: the trainer collects through the same module), else the
         loaded checkpoint's, on ``device``."""
         t = self._trainer
-        if t is not None and (self._stepwise is None or self._stepwise.policy is not t.agent.policy):
-            spec = t.model_spec()
+        if t is not None and (self._stepwise is None or self._stepwise.policy is not t.policy):
+            spec = t.model_spec
             meta = {k: spec[k] for k in ("task_id", "encoder", "encoder_kwargs", "embed", "hidden")}
-            self._stepwise = StepwisePolicy(t.agent.policy, spec["action_low"], spec["action_high"], meta,
+            self._stepwise = StepwisePolicy(t.policy, spec["action_low"], spec["action_high"], meta,
                                             live=True).to(t.device)
         elif self._stepwise is None:
             self._stepwise = StepwisePolicy.from_checkpoint(self._source).to(self._device)
@@ -368,9 +366,10 @@ class RESeL:
             if r.shape not in ((), (n,), (n, 1)):
                 raise ValueError(f"reward must be a number or have shape ({n},); got {r.shape}")
             rew = np.broadcast_to(r.reshape(-1, 1) if r.ndim else r, (n, 1))
-        noise = (np.zeros((n, stepwise.act_dim), np.float32) if deterministic
-                 else self._rng.standard_normal((n, stepwise.act_dim), dtype=np.float32))
-        device = stepwise.act_scale.device
+        noise = np.zeros((n, stepwise.act_dim), np.float32)
+        if not deterministic:  # the space's own noise: Gaussian for a Box, Gumbel (exact sampling) for a Discrete
+            stepwise.actions.sample_noise(self._rng, noise)
+        device = stepwise.space.act_scale.device
         as_t = lambda a: torch.tensor(np.asarray(a, np.float32), device=device)  # noqa: E731
         with torch.inference_mode():
             out = stepwise(as_t(obs), as_t(rew), as_t(start), as_t(noise), *(as_t(state[k]) for k in names))

@@ -63,7 +63,9 @@ def run_trial(config: dict[str, Any], report: Callable[[dict[str, Any]], None] |
     trainer = Trainer(cfg, run_dir=run_dir, resume=state.kind == "resume")
 
     def snapshot(rate: float) -> dict[str, Any]:
-        return {**base, "env_steps": trainer.env_steps, "eval_return": trainer.last_eval, "steps_per_s": rate}
+        last = trainer.last_evaluation
+        return {**base, "env_steps": trainer.env_steps, "eval_return": None if last is None else last.mean_return,
+                "steps_per_s": rate}
 
     stop = threading.Event()
 

@@ -96,11 +96,6 @@ class StepwisePolicy(nn.Module):
             for p in self.parameters():
                 p.requires_grad_(False)
 
-    @property
-    def act_scale(self) -> Tensor:
-        """The action mapping's half-range per dimension, on the step's device."""
-        return self.space.act_scale
-
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> StepwisePolicy:

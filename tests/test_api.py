@@ -88,7 +88,7 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("n_envs", [1, 3])
 def test_predict_after_load_equals_the_torch_controller_step_by_step(trained, n_envs):
     model, path = trained
-    assert model.trainer.agent.critic_steps > 0  # past the warm-up: the weights are trained ones
+    assert model.trainer.learner.agent.critic_steps > 0  # past the warm-up: the weights are trained ones
     loaded = RESeL.load(path)
     assert loaded.num_timesteps == model.num_timesteps == WARMUP + 4 and loaded.env_id == "Wind"
     moved = 0.0
@@ -114,7 +114,8 @@ def test_predict_state_and_episode_start(trained):
     np.testing.assert_array_equal(s0["prev_obs"][0], obs.astype(np.float32))
     a_other_reward, _ = model.predict(obs, s0, deterministic=True, reward=-3.0)
     assert not np.array_equal(a1, a_other_reward)  # Wind feeds the previous reward to the policy
-    low, high = np.asarray(model.trainer.low), np.asarray(model.trainer.high)
+    spec = model.trainer.model_spec
+    low, high = np.asarray(spec["action_low"]), np.asarray(spec["action_high"])
     sampled = np.stack([model.predict(obs)[0] for _ in range(20)])
     assert (sampled >= low).all() and (sampled <= high).all() and len(np.unique(sampled[:, 0])) > 1
     with pytest.raises(ValueError, match="reward="):
@@ -198,16 +199,52 @@ def test_default_evaluation_and_checkpoints_are_callbacks_that_can_be_replaced(t
 def test_stop_on_reward_threshold_stops_at_the_first_evaluation(tmp_path):
     model = tiny(tmp_path, eval_every=20, log_every=10**6)
     model.learn(WARMUP + 5, callbacks=[StopTrainingOnRewardThreshold(-1e9)])
-    assert model.num_timesteps == 20 and model.trainer.last_eval_step == 20
+    assert model.num_timesteps == 20 and model.trainer.last_evaluation.step == 20
+
+
+class Events(BaseCallback):
+    """Logs the evaluations it receives and the steps it sees begin and end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    def on_step(self) -> bool:
+        self.calls.append(("step", self.num_timesteps))
+        return True
+
+    def on_evaluation(self, result) -> bool:
+        self.calls.append(("evaluation", result.step))
+        assert result is self.trainer.last_evaluation and np.isfinite(result.mean_return)
+        return True
+
+    def on_step_end(self) -> None:
+        self.calls.append(("step_end", self.num_timesteps))
+
+
+def test_callbacks_receive_each_evaluation_and_the_end_of_each_step(tmp_path):
+    model = tiny(tmp_path, eval_every=20, log_every=10**6)
+    events = Events()
+    model.learn(WARMUP + 5, callbacks=[events])
+    assert [s for kind, s in events.calls if kind == "evaluation"] == eval_rows(model.run_dir) == [20, 40, 60, WARMUP + 5]
+    at = events.calls.index(("evaluation", 20))  # the default EvalCallback evaluates in its on_step, before ours
+    assert events.calls[at - 1:at + 3] == [("step_end", 19), ("evaluation", 20), ("step", 20), ("step_end", 20)]
+    assert [s for kind, s in events.calls if kind == "step_end"] == list(range(1, WARMUP + 6))
+
+
+def test_a_stop_on_evaluation_works_wherever_the_callback_stands(tmp_path):
+    model = tiny(tmp_path, eval_every=10**6, log_every=10**6)
+    model.learn(WARMUP + 5, callbacks=[StopTrainingOnRewardThreshold(-1e9), EvalCallback(eval_every=20, episodes=1)])
+    assert model.num_timesteps == 20 and model.trainer.last_evaluation.step == 20
 
 
 def test_learn_trains_that_many_more_steps_each_call_as_in_sb3(tmp_path):
     model = tiny(tmp_path / "run", eval_every=10**6, log_every=10)
     model.learn(WARMUP + 2)
-    updates = model.trainer.agent.critic_steps
+    updates = model.trainer.learner.agent.critic_steps
     model.learn(4, reset_num_timesteps=False)  # SB3: 4 more, the reported counter keeps counting
     assert model.run_timesteps == WARMUP + 6 and model.num_timesteps == WARMUP + 6
-    assert model.trainer.agent.critic_steps == updates + 4
+    assert model.trainer.learner.agent.critic_steps == updates + 4
     with open(model.run_dir / "metrics.csv") as f:  # each step once: log_every, plus each learn's last step
         assert [int(float(r["step"])) for r in csv.DictReader(f)] == [10, 20, 30, 40, 50, 60, 70, 77, 80, 81]
     model.learn(4)  # reset_num_timesteps=True (the default): the reported counter restarts, the run's does not
@@ -215,12 +252,12 @@ def test_learn_trains_that_many_more_steps_each_call_as_in_sb3(tmp_path):
     assert load_checkpoint(model.run_dir / "checkpoint.pt")["counters"]["env_steps"] == WARMUP + 10
     path = model.save(tmp_path / "m.pt", include_replay=True)
     # the uninterrupted continuation vs the same from the loaded file: identical next step
-    expected = model.learn(2).trainer.agent.policy.state_dict()
+    expected = model.learn(2).trainer.policy.state_dict()
     loaded = RESeL.load(path)
     assert loaded.num_timesteps == WARMUP + 10  # a loaded model reports the run's steps until a learn resets it
     loaded.learn(2)
     assert loaded.run_dir == tmp_path / "m" and loaded.run_timesteps == WARMUP + 12 and loaded.num_timesteps == 2
-    for name, tensor in loaded.trainer.agent.policy.state_dict().items():
+    for name, tensor in loaded.trainer.policy.state_dict().items():
         np.testing.assert_array_equal(tensor.numpy(), expected[name].numpy(), err_msg=name)
     bare = model.save(tmp_path / "bare.pt")  # without the replay: predict yes, learn no
     assert RESeL.load(bare).predict(np.zeros(2), deterministic=True)[0].shape == (2,)
@@ -235,7 +272,7 @@ def test_the_sb3_sequence_trains_twice_the_steps(tmp_path):
     model.learn(WARMUP + 5, reset_num_timesteps=False)
     assert model.num_timesteps == model.run_timesteps == 2 * (WARMUP + 5)
     assert load_checkpoint(model.run_dir / "checkpoint.pt")["counters"]["env_steps"] == 2 * (WARMUP + 5)
-    assert model.trainer.agent.critic_steps == 2 * (WARMUP + 5) - WARMUP  # one update per step after warm-up
+    assert model.trainer.learner.agent.critic_steps == 2 * (WARMUP + 5) - WARMUP  # one update per step after warm-up
 
 
 def test_bad_arguments_name_the_argument(tmp_path):

@@ -139,33 +139,32 @@ def test_infinite_bounds_one_mapping_for_the_checkpoint_the_graph_and_the_contro
 
 def test_the_trainer_maps_an_unbounded_box_like_the_deployed_policy(tmp_path, monkeypatch):
     """The training loop's env action and the controller's agree on an unbounded Box (finite, unscaled)."""
-    import resel_train.trainer as trainer_module
+    import resel_train.collector as collector_module
+    from resel_train.collector import EpisodeRecorder, PolicyRunner
     from resel_train.config import resolve_config
-    from resel_train.trainer import EpisodeRecorder, PolicyRunner, Trainer
+    from resel_train.trainer import Trainer
 
-    real = trainer_module.make_env
+    real = collector_module.make_env
 
     def unbounded(env_id, seed=0, split="train"):
         env = real(env_id, seed=seed, split=split)
         env.action_space = gymnasium.spaces.Box(-np.inf, np.inf, env.action_space.shape, np.float32)
         return env
 
-    monkeypatch.setattr(trainer_module, "make_env", unbounded)
+    monkeypatch.setattr(collector_module, "make_env", unbounded)
     cfg = resolve_config("Pendulum-P", "classic", steps=200, out=str(tmp_path), overrides=[
         "warmup_steps=200", "model.mamba.d_state=4", "model.mamba.d_conv=4", "model.embed=16", "model.hidden=16",
         "model.mamba.dt_rank=2", "replay_capacity=1000", "threads=1"])
-    trainer = Trainer(cfg)
-    try:
-        assert trainer.actions == BoxMapping((-1.0,), (1.0,))
-        np.testing.assert_array_equal(trainer.to_env_action(np.array([0.75], np.float32)), [0.75])
+    with Trainer(cfg) as trainer:
+        actions = trainer.collector.actions
+        assert actions == BoxMapping((-1.0,), (1.0,))
+        np.testing.assert_array_equal(actions.to_env(np.array([0.75], np.float32)), [0.75])
         ckpt = trainer.save()
-    finally:
-        trainer.lock.release()
-    obs = np.asarray(trainer.env.reset(seed=0)[0], np.float32)
-    squashed = PolicyRunner(trainer.agent.policy, trainer.device).act(EpisodeRecorder(obs, 1), True, None)
+    obs = np.asarray(trainer.collector.env.reset(seed=0)[0], np.float32)
+    squashed = PolicyRunner(trainer.policy, trainer.device).act(EpisodeRecorder(obs, 1), True, None)
     ctrl = Controller.load(ckpt, backend="torch")
-    np.testing.assert_allclose(ctrl.step(obs), trainer.to_env_action(squashed), atol=1e-6)
-    assert np.isfinite(trainer.to_env_action(squashed)).all()
+    np.testing.assert_allclose(ctrl.step(obs), actions.to_env(squashed), atol=1e-6)
+    assert np.isfinite(actions.to_env(squashed)).all()
 
 
 def test_a_checkpoint_loads_through_the_exporter_itself(tmp_path):

@@ -169,11 +169,34 @@ def test_two_update_smoke_run_keytodoor(tmp_path):
     cfg = resolve_config("KeyToDoor-60", overrides=overrides, steps=87, out=str(tmp_path))
     trainer = Trainer(cfg)
     result = trainer.train(show_progress=False)
-    assert trainer.agent.critic_steps == 2 and np.isfinite(result["critic_loss"]) and np.isfinite(result["policy_loss"])
-    stored = trainer.buffer.sample(32).act
+    assert trainer.learner.agent.critic_steps == 2
+    assert np.isfinite(result["critic_loss"]) and np.isfinite(result["policy_loss"])
+    stored = trainer.learner.buffer.sample(32).act
     assert set(stored.sum(-1).unique().tolist()) <= {0.0, 1.0}  # one-hot actions (zero in padding)
     data = load_checkpoint(trainer.run_dir / "checkpoint.pt")
     assert data["model"]["discrete"] is True and data["model"]["act_dim"] == 4
     assert data["model"]["encoder_kwargs"]["d_conv"] == 1 and data["model"]["encoder_kwargs"]["input_layers"] == 3
     last = read_metrics(trainer.run_dir)[-1]
     assert 0.0 <= last["eval_success_rate"] <= 1.0 and "eval_return" in last
+
+
+def test_stochastic_predict_samples_the_categorical_policy_exactly(tmp_path):
+    """predict(deterministic=False) on a discrete policy draws each action with its softmax probability."""
+    from resel import RESeL as Model
+    from resel_train.persist.checkpoint import save_checkpoint
+
+    overrides = TINY + ["warmup_steps=85", f"eval_every={10**9}", "eval_episodes=1", "replay_capacity=20000",
+                        "threads=1"]
+    cfg = resolve_config("KeyToDoor-60", overrides=overrides, steps=85, out=str(tmp_path))
+    Trainer(cfg).train(show_progress=False)
+    path = tmp_path / "KeyToDoor-60_mamba_s0" / "checkpoint.pt"
+    data = load_checkpoint(path)
+    last = max((k for k in data["policy"] if k.startswith("head.") and k.endswith(".bias")),
+               key=lambda k: int(k.split(".")[1]))
+    data["policy"][last] = torch.arange(4.0)  # logits 0, 1, 2, 3 whatever the input
+    data["policy"][last.replace(".bias", ".weight")].zero_()
+    save_checkpoint(path, {k: v for k, v in data.items() if k not in ("format", "version", "checksum")})
+    n = 8000
+    actions, _ = Model.load(path).predict(np.zeros((n, data["model"]["obs_dim"]), np.float32), deterministic=False)
+    expected = np.exp(np.arange(4.0)) / np.exp(np.arange(4.0)).sum()  # 0.032, 0.087, 0.237, 0.644
+    np.testing.assert_allclose(np.bincount(np.asarray(actions).reshape(-1), minlength=4) / n, expected, atol=0.02)

@@ -73,9 +73,8 @@ def test_only_mamba_pads_the_replay(tmp_path):
     for encoder, pad in (("gru", 0), ("mamba", 3)):
         cfg = resolve_config("Pendulum-V", "cpu", overrides=[*tiny, "model.mamba.d_conv=4"], out=str(tmp_path / encoder),
                              **{"model.encoder": encoder})
-        trainer = Trainer(cfg)
-        trainer.lock.release()
-        assert trainer.buffer.pad == pad
+        with Trainer(cfg) as trainer:
+            assert trainer.learner.buffer.pad == pad
 
 
 def test_a_run_saved_with_the_old_padding_resumes_with_it(tmp_path):
@@ -84,13 +83,11 @@ def test_a_run_saved_with_the_old_padding_resumes_with_it(tmp_path):
 
     cfg = resolve_config("Pendulum-V", "cpu", overrides=["model.embed=8", "model.hidden=8", "replay_capacity=1000",
                                                          "threads=1"], out=str(tmp_path), **{"model.encoder": "gru"})
-    old = Trainer(cfg)
-    old.buffer.pad = cfg.model.mamba.d_conv - 1  # what such a run stored
-    old.save()
-    old.lock.release()
-    resumed = Trainer(cfg, resume=True)
-    resumed.lock.release()
-    assert resumed.buffer.pad == cfg.model.mamba.d_conv - 1 == 3
+    with Trainer(cfg) as old:
+        old.learner.buffer.pad = cfg.model.mamba.d_conv - 1  # what such a run stored
+        old.save()
+    with Trainer(cfg, resume=True) as resumed:
+        assert resumed.learner.buffer.pad == cfg.model.mamba.d_conv - 1 == 3
 
 
 def test_configs_stored_with_the_old_flat_model_keys_still_load():

@@ -10,7 +10,7 @@ from resel_train.algo import RESeL
 from resel_train.buffer import TrajectoryBuffer
 from resel_train.config import resolve_config
 from resel_train.graphed_update import GraphedUpdate, bucket
-from resel_train.trainer import metrics_to_floats
+from resel_train.learner import metrics_to_floats
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 TINY = ["model.mamba.d_state=4", "model.mamba.d_conv=4", "model.embed=16", "model.hidden=16", "model.mamba.dt_rank=2",

@@ -113,26 +113,27 @@ def test_a_failed_save_says_the_last_good_checkpoint_is_kept(run, monkeypatch, n
 SCRIPT = """
 import os, signal, sys
 from resel import RESeL
-from resel_train import trainer as t
+from resel_train import collector, run_store
 sig, where = getattr(signal, sys.argv[1]), sys.argv[2]
 model = RESeL("Pendulum-V", out=sys.argv[3], **{"model.mamba.d_state": 4, "model.mamba.d_conv": 4, "model.embed": 16,
     "model.hidden": 16, "model.mamba.dt_rank": 2, "algo.batch_size": 32, "warmup_steps": 200, "eval_episodes": 1,
     "eval_every": 10**6, "threads": 1, "checkpoint_every": 100})
 model.learn(202)  # a committed unit at step 202
-real_save, real_update = t.save_run_state, t.Trainer.update_once
+real_save, real_step = run_store.save_run_state, collector.Collector.step
 def twice():
     os.kill(os.getpid(), sig); os.kill(os.getpid(), sig)
 def save_run_state(*args):
     twice()
     return real_save(*args)
-def update_once(self):
+def step(self):
+    trajectory = real_step(self)
     if self.env_steps == 250:
         twice()
-    return real_update(self)
+    return trajectory
 if where == "save":
-    t.save_run_state = save_run_state
+    run_store.save_run_state = save_run_state
 else:
-    t.Trainer.update_once = update_once
+    collector.Collector.step = step
 model.learn(198)  # on to step 400
 print("not stopped")
 """

@@ -23,10 +23,10 @@ def test_smoke_run_checkpoint_and_deploy(tmp_path, kind, kwargs):
     cfg = resolve_config("Pendulum-P", overrides=overrides, steps=warmup + 4, out=str(tmp_path),
                          **{"model.encoder": kind})
     trainer = Trainer(cfg)
-    before = [p.detach().clone() for p in trainer.agent.policy.encoder.parameters()]
+    before = [p.detach().clone() for p in trainer.policy.encoder.parameters()]
     result = trainer.train(show_progress=False)
-    assert trainer.agent.critic_steps == 4 and np.isfinite(result["critic_loss"])
-    after = list(trainer.agent.policy.encoder.parameters())
+    assert trainer.learner.agent.critic_steps == 4 and np.isfinite(result["critic_loss"])
+    after = list(trainer.policy.encoder.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True)), "encoder never updated"
     data = load_checkpoint(trainer.run_dir / "checkpoint.pt")
     assert data["model"]["encoder"] == kind and data["model"]["encoder_kwargs"] == kwargs

@@ -9,8 +9,9 @@ import torch
 from resel_train.algo import RESeL, UpdateNoise, parameter_groups
 from resel_train.buffer import TrajectoryBuffer
 from resel_train.config import auto_preset_note, resolve_config
+from resel_train.learner import Prefetch, metrics_to_floats
 from resel_train.persist.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from resel_train.trainer import Trainer, metrics_to_floats
+from resel_train.trainer import Trainer
 
 TINY = ["model.mamba.d_state=4", "model.mamba.d_conv=4", "model.embed=16", "model.hidden=16", "model.mamba.dt_rank=2",
         "algo.batch_size=64"]
@@ -108,7 +109,7 @@ def test_two_update_smoke_run_per_family(tmp_path, env):
                         "pip install 'resel[sim]'")
     trainer = Trainer(small_cfg(env, tmp_path))
     result = trainer.train(show_progress=False)
-    assert trainer.agent.critic_steps == 2
+    assert trainer.learner.agent.critic_steps == 2
     assert np.isfinite(result["critic_loss"])
     data = load_checkpoint(trainer.run_dir / "checkpoint.pt")
     assert data["model"]["task_id"] == env and data["counters"]["env_steps"] == trainer.cfg.steps
@@ -119,18 +120,19 @@ def test_resume_gives_exactly_the_same_next_update(tmp_path):
     cfg = small_cfg("Pendulum-V", tmp_path, steps_after_warmup=5)
     first = Trainer(cfg)
     first.train(show_progress=False)  # checkpoints at the end
-    uninterrupted = first.update_once()
+    uninterrupted = first.learner.update_once()
     resumed = Trainer(cfg, resume=True)
-    assert resumed.env_steps == first.env_steps and resumed.buffer.num_trajectories == first.buffer.num_trajectories
-    after_resume = resumed.update_once()
+    assert resumed.env_steps == first.env_steps
+    assert resumed.learner.buffer.num_trajectories == first.learner.buffer.num_trajectories
+    after_resume = resumed.learner.update_once()
     if first.device.type == "cpu":  # bit-identical
         assert metrics_to_floats(after_resume) == metrics_to_floats(uninterrupted)
-        for (name, a), b in zip(first.agent.state_dict().items(), resumed.agent.state_dict().values()):
+        for (name, a), b in zip(first.learner.agent.state_dict().items(), resumed.learner.agent.state_dict().values()):
             assert torch.equal(a, b), name
     else:  # CUDA reductions (cuBLAS, the Triton scan's atomic dB/dC sums) do not fix their order: close
         np.testing.assert_allclose(list(metrics_to_floats(after_resume).values()),
                                    list(metrics_to_floats(uninterrupted).values()), rtol=1e-4, atol=1e-6)
-        for (name, a), b in zip(first.agent.state_dict().items(), resumed.agent.state_dict().values()):
+        for (name, a), b in zip(first.learner.agent.state_dict().items(), resumed.learner.agent.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
@@ -200,8 +202,6 @@ def test_auto_preset_is_the_cpu_variant_without_a_gpu(monkeypatch):
 
 def test_prefetched_batches_equal_sampling_on_the_spot():
     """Prefetching (kept, or redrawn after the replay changed) gives the batches on-the-spot sampling gives."""
-    from resel_train.trainer import Prefetch
-
     rng = np.random.default_rng(0)
     lengths = (5, 9, 14, 7, 3, 11, 6, 8, 4, 12, 10, 13)
     trajectories = [(rng.normal(size=(n + 1, 2)), rng.normal(size=(n, 1)), rng.normal(size=n)) for n in lengths]
@@ -226,15 +226,15 @@ def test_every_evaluation_sees_the_same_held_out_tasks(tmp_path):
     """Two evaluations of one policy on Walker2d-gravity: the same test gravities in the same order, the same returns."""
     pytest.importorskip("mujoco")
     trainer = Trainer(small_cfg("Walker2d-gravity", tmp_path))
-    scales = []
-    original_reset = trainer.eval_env.reset
+    env, scales = trainer.evaluator.env, []
+    original_reset = env.reset
 
     def recording_reset(**kwargs):
         obs, info = original_reset(**kwargs)
-        scales.append(trainer.eval_env.get_wrapper_attr("gravity_scale"))
+        scales.append(env.get_wrapper_attr("gravity_scale"))
         return obs, info
 
-    trainer.eval_env.reset = recording_reset
+    env.reset = recording_reset
     first, second = trainer.evaluate(episodes=3), trainer.evaluate(episodes=3)
     assert scales[:3] == scales[3:] and len(set(scales[:3])) == 3
     assert first == second

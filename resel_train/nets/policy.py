@@ -54,11 +54,6 @@ class Policy(nn.Module):
         xavier_init(self)
         self.space = space
 
-    @property
-    def discrete(self) -> bool:
-        """Whether the policy acts in a Discrete space (the checkpoint's ``discrete`` key)."""
-        return self.space.discrete
-
     def _head(self, obs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log_std) of the Gaussian, or (logits, log_probs) of the categorical, each (..., act_dim)."""
         return self.space.policy_head(self.head(torch.cat([self.head_obs(obs), context], dim=-1)))

@@ -5,7 +5,9 @@ Layout of one file (a plain dict of tensors, numbers, strings, lists and dicts):
     model: {obs_dim, act_dim, reward_as_input, encoder, encoder_kwargs, embed, hidden,
             action_low, action_high, task_id, discrete}  -- everything needed to rebuild the policy
     policy: state_dict                               -- what deployment needs
-    config, critic, critic_target, training, log_alpha, counters, rng, replay_file  -- training only
+    config, counters: {env_steps, episodes, wall_s}  -- the run's config and progress
+    learner, collector, trainer, replay_file         -- training only, one section per component
+                                                        (see layout.py; versions 1-2 were flat)
 
 A run folder holds one *unit*: ``checkpoint.pt`` plus the replay file it names in ``replay_file``
 (``replay-<step>.pt``, with the same step and the replay's checksum). :func:`save_run_state`
@@ -26,10 +28,11 @@ from resel_train.action_space import space_from_meta
 from resel_train.nets.policy import Policy
 from resel_train.persist.atomic import atomic_write, fsync_dir, remove_temp_files
 from resel_train.persist.crashpoint import crash_point
+from resel_train.persist.layout import weight_sections
 
 FORMAT = "resel-checkpoint"
-VERSION = 2  # 2: checksummed, replay in replay-<step>.pt; 1: no checksum, replay.pt
-READABLE_VERSIONS = (1, 2)
+VERSION = 3  # 3: a section per training component; 2: checksummed, replay in replay-<step>.pt; 1: replay.pt
+READABLE_VERSIONS = (1, 2, 3)
 CHECKPOINT = "checkpoint.pt"
 LEGACY_REPLAY = "replay.pt"
 _HEADER = ("format", "version", "checksum")
@@ -109,11 +112,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def nonfinite_weights(data: dict[str, Any]) -> list[str]:
     """Names of the weight tensors (policy, critics, log_alpha) that hold NaN or inf."""
     bad = []
+    weights = weight_sections(data)
     for section in ("policy", "critic", "critic_target"):
-        for name, t in (data.get(section) or {}).items():
+        for name, t in (weights[section] or {}).items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 bad.append(f"{section}.{name}")
-    alpha = data.get("log_alpha")
+    alpha = weights["log_alpha"]
     if isinstance(alpha, torch.Tensor) and not bool(torch.isfinite(alpha).all()):
         bad.append("log_alpha")
     return bad
@@ -126,7 +130,8 @@ def verify_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
     if bad:
         raise CheckpointError(f"{path} holds non-finite weights ({len(bad)} tensors, e.g. {', '.join(bad[:3])}): "
                               "the run diverged before this was saved; do not deploy it")
-    n = sum(len(data.get(s) or {}) for s in ("policy", "critic", "critic_target"))
+    weights = weight_sections(data)
+    n = sum(len(weights[s] or {}) for s in ("policy", "critic", "critic_target"))
     summed = "checksum ok" if data["version"] >= 2 else f"no checksum (version {data['version']} file)"
     return data, f"verified: {summed}, all {n} weight tensors finite"
 
