@@ -72,7 +72,8 @@ class Sizes:
 
 def sizes_for(args: argparse.Namespace) -> Sizes:
     if args.smoke:
-        return Sizes(["model.mamba.d_state=4", "model.mamba.d_conv=4", "model.embed=16", "model.hidden=16", "model.mamba.dt_rank=2"],
+        return Sizes(["model.mamba.d_state=4", "model.mamba.d_conv=4", "model.embed=16", "model.hidden=16",
+                      "model.mamba.dt_rank=2"],
                      (64,), 30, (2,), 64, 16, 4, 2, 20)
     return Sizes([], (2000,) if args.quick else (2000, 8000), EPISODE, (2, 16, 64), 1000, 512, 64,
                  10 if args.quick else 20, 300 if args.quick else 1500)

@@ -19,21 +19,61 @@ and every deploy backend act alike.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resel_deploy.contract import ActionMapping, BoxMapping, DiscreteMapping
-from resel_train.nets.policy import LOG_STD_MAX, LOG_STD_MIN, categorical_action, gumbel_noise, sample_squashed
-
-if TYPE_CHECKING:
-    from resel_train.nets.critic import Critic
 
 HeadPair = tuple[Tensor, Tensor]  # the policy head's output: (mean, log_std) or (logits, log_probs)
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class Critic(Protocol):
+    """What a space uses of the critic ensemble (:class:`resel_train.nets.critic.Critic`, which is built from a
+    space: the networks depend on the space, never the other way round)."""
+
+    head_obs: nn.Module
+    head_act: nn.Module | None
+
+    def ensemble(self, x: Tensor, heads: Tensor | None = None) -> Tensor:
+        """The ensemble MLPs on the heads' input (..., in) -> (..., members, out)."""
+
+    def q(self, obs: Tensor, act: Tensor, context: Tensor, heads: Tensor | None = None) -> Tensor:
+        """Q of ``act`` per head."""
+
+    def q_all(self, obs: Tensor, context: Tensor, heads: Tensor | None = None) -> Tensor:
+        """Q of every action per head (discrete)."""
+
+
+def sample_squashed(mean: Tensor, log_std: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+    """Reparameterised tanh-Gaussian sample and its log-prob (summed over action dims, keepdim).
+
+    ``noise`` is standard-normal of ``mean``'s shape, drawn by the caller (on the host, so a run's
+    random stream is the same on every device).
+    """
+    std = log_std.exp()
+    pre_tanh = mean + std * noise
+    gaussian = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+    correction = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
+    log_prob = (gaussian - correction).sum(-1, keepdim=True)
+    return torch.tanh(pre_tanh), log_prob
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
+    """Standard Gumbel noise -log(-log U): argmax(logits + noise) is an exact categorical sample."""
+    return -torch.log(-torch.log(torch.rand(shape, generator=generator)))
+
+
+def categorical_action(logits: Tensor, gumbel: Tensor) -> Tensor:
+    """The action index argmax(logits + gumbel) (int64, ``logits`` without its last axis); zero noise: greedy."""
+    return (logits + gumbel).argmax(-1)
 
 
 class ActionSpace(nn.Module, ABC):

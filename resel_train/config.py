@@ -300,7 +300,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"config file {path} is not valid TOML: {' '.join(str(exc).split())}") from None
         except RecursionError:
-            raise ValueError(f"config file {path} is nested too deeply to read; a config nests three levels at most (model.mamba.d_state)") from None
+            raise ValueError(f"config file {path} is nested too deeply to read; a config nests three levels at most "
+                             "(model.mamba.d_state)") from None
     else:
         data = _load_yaml(text, f"config file {path}")
     if data is None:
@@ -332,7 +333,8 @@ def _load_yaml(text: str, where: str) -> Any:
     except yaml.YAMLError as exc:
         raise ValueError(f"{where} is not valid YAML: {' '.join(str(exc).split())}") from None
     except RecursionError:
-        raise ValueError(f"{where} is nested too deeply to read; a config nests three levels at most (model.mamba.d_state)") from None
+        raise ValueError(f"{where} is nested too deeply to read; a config nests three levels at most "
+                         "(model.mamba.d_state)") from None
 
 
 def field_rows(cfg: TrainConfig) -> list[tuple[str, str, Any, str]]:

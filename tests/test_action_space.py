@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from resel_deploy.contract import ActionMapping, BoxMapping, DiscreteMapping, mapping_kind
-from resel_train.action_space import Box, Discrete, space_from_meta
+from resel_train.action_space import LOG_STD_MAX, LOG_STD_MIN, Box, Discrete, gumbel_noise, space_from_meta
 from resel_train.nets.critic import Critic
-from resel_train.nets.policy import LOG_STD_MAX, LOG_STD_MIN, gumbel_noise
 
 ALPHA = 0.3
 

@@ -13,7 +13,8 @@ from resel_experiments.metrics import read_metrics
 from resel_train.persist.checkpoint import load_checkpoint
 
 runner = CliRunner()
-TINY = ["--set", "model.mamba.d_state=4", "--set", "model.mamba.d_conv=4", "--set", "model.embed=16", "--set", "model.hidden=16",
+TINY = ["--set", "model.mamba.d_state=4", "--set", "model.mamba.d_conv=4", "--set", "model.embed=16",
+        "--set", "model.hidden=16",
         "--set", "model.mamba.dt_rank=2", "--set", "algo.batch_size=32", "--set", "warmup_steps=200",
         "--set", "eval_episodes=1", "--set", "eval_every=201", "--set", "threads=1"]
 

@@ -20,7 +20,8 @@ from resel_train.persist.checkpoint import CheckpointError, load_checkpoint, sav
 from resel_train.persist.runlock import RunLock, RunLocked
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--set", "model.mamba.d_state=4", "--set", "model.mamba.d_conv=4", "--set", "model.embed=16", "--set", "model.hidden=16",
+TINY = ["--set", "model.mamba.d_state=4", "--set", "model.mamba.d_conv=4", "--set", "model.embed=16",
+        "--set", "model.hidden=16",
         "--set", "model.mamba.dt_rank=2", "--set", "algo.batch_size=32", "--set", "warmup_steps=200",
         "--set", "eval_episodes=1", "--set", "eval_every=1000000", "--set", "threads=1",
         "--set", "log_every=10", "--set", "checkpoint_every=50"]

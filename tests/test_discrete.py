@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from resel_experiments.metrics import read_metrics
-from resel_train.action_space import Discrete
+from resel_train.action_space import Discrete, categorical_action, gumbel_noise
 from resel_train.algo import RESeL, UpdateNoise
 from resel_train.buffer import TrajectoryBuffer
 from resel_train.config import resolve_config
 from resel_train.nets.critic import Critic
 from resel_train.nets.encoders import make_encoder
-from resel_train.nets.policy import Policy, categorical_action, gumbel_noise
+from resel_train.nets.policy import Policy
 from resel_train.persist.checkpoint import load_checkpoint
 from resel_train.trainer import Trainer
 

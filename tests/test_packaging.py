@@ -22,9 +22,10 @@ def test_wheel_installs_namespaced_packages_and_keeps_torch_out_of_the_deploy_ex
         entry_points = z.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top_level == {"resel", "resel_train", "resel_deploy", "resel_experiments"}
+    # the CPU kernel is compiled from its shipped source
     assert {"resel/export/onnx.py", "resel/export/tensorrt.py", "resel/cli/main.py", "resel/api.py",
             "resel_train/ops/cpu_ops.c", "resel_train/persist/checkpoint.py", "resel_deploy/contract.py",
-            "resel_train/nets/registry.py", "resel_experiments/report.py", "resel_experiments/trials.py"} <= set(names)  # the CPU kernel is compiled from its shipped source
+            "resel_train/nets/registry.py", "resel_experiments/report.py", "resel_experiments/trials.py"} <= set(names)
     assert "resel = resel.cli.main:app" in entry_points
     requires = [line.removeprefix("Requires-Dist: ") for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     base = [r for r in requires if "extra ==" not in r]

@@ -10,17 +10,14 @@ sizes the heads and computes the Q of a stored action.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from resel_train.action_space import ActionSpace
 from resel_train.nets.encoders import State, make_encoder
 from resel_train.nets.inputs import HistoryEmbedding, xavier_init
 from resel_train.ops.activations import elu
-
-if TYPE_CHECKING:
-    from resel_train.action_space import ActionSpace
 
 
 class EnsembleLinear(nn.Module):

@@ -3,27 +3,19 @@
 Box tasks get a Gaussian head (mean, log_std); Discrete ones (Key-to-Door) a categorical head over
 ``act_dim`` actions that outputs (logits, log_probs). The action space (``resel_train.action_space``)
 sizes the head and reads its output; either pair is what the update and the deployment step consume,
-so both action spaces share every other line of the network. The distributions' sampling math lives
-here too (:func:`sample_squashed`, :func:`gumbel_noise`, :func:`categorical_action`).
+so both action spaces share every other line of the network; the distributions' sampling math lives
+with the spaces.
 """
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resel_train.action_space import ActionSpace
 from resel_train.nets.encoders import State, make_encoder
 from resel_train.nets.inputs import HistoryEmbedding, xavier_init
 from resel_train.ops.activations import ELU
-
-if TYPE_CHECKING:
-    from resel_train.action_space import ActionSpace
-
-LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
 class Policy(nn.Module):
@@ -75,27 +67,3 @@ class Policy(nn.Module):
         context, state = self.encoder.step(self.embedding(obs, prev_obs, prev_act, prev_rew), reset, state)
         mean, log_std = self._head(obs, context)
         return mean, log_std, state
-
-
-def sample_squashed(mean: Tensor, log_std: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-    """Reparameterised tanh-Gaussian sample and its log-prob (summed over action dims, keepdim).
-
-    ``noise`` is standard-normal of ``mean``'s shape, drawn by the caller (on the host, so a run's
-    random stream is the same on every device).
-    """
-    std = log_std.exp()
-    pre_tanh = mean + std * noise
-    gaussian = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
-    correction = 2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))
-    log_prob = (gaussian - correction).sum(-1, keepdim=True)
-    return torch.tanh(pre_tanh), log_prob
-
-
-def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
-    """Standard Gumbel noise -log(-log U): argmax(logits + noise) is an exact categorical sample."""
-    return -torch.log(-torch.log(torch.rand(shape, generator=generator)))
-
-
-def categorical_action(logits: Tensor, gumbel: Tensor) -> Tensor:
-    """The action index argmax(logits + gumbel) (int64, ``logits`` without its last axis); zero noise: greedy."""
-    return (logits + gumbel).argmax(-1)
