@@ -117,6 +117,7 @@ class ExportReport:
 
 # ---------------------------------------------------------------------------------------------
 def toolkit_version() -> str:
+    """The installed toolkit's version, recorded in every exported file (the source tree's when it is not installed)."""
     try:
         from importlib.metadata import version
 
@@ -291,6 +292,7 @@ def export_onnx(
 
 # ---- metadata -------------------------------------------------------------------------------
 def build_metadata(stepwise: StepwisePolicy, opset: int, precision: str) -> dict[str, Any]:
+    """The metadata an exported graph carries: format, the policy's deploy contract, I/O spec, opset, precision."""
     inputs, outputs = stepwise.io_spec()
     return {
         "format": FORMAT,
@@ -306,6 +308,7 @@ def build_metadata(stepwise: StepwisePolicy, opset: int, precision: str) -> dict
 
 
 def set_metadata(model, meta: dict[str, Any]) -> None:
+    """Replace an ONNX model's metadata_props with ``meta``, each value JSON-encoded."""
     del model.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()

@@ -173,10 +173,12 @@ class RESeL:
 
     @property
     def config(self) -> TrainConfig:
+        """The run's resolved config (the live trainer's, or the one stored in the loaded checkpoint)."""
         return self._trainer.cfg if self._trainer is not None else config_from_dict(self._loaded["config"])
 
     @property
     def env_id(self) -> str:
+        """The task id this agent trains and acts on."""
         return self.config.env
 
     @property

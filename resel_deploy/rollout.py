@@ -38,17 +38,21 @@ class RolloutReport:
 
     @property
     def mean_return(self) -> float:
+        """Mean episode return (NaN for no episodes)."""
         return float(np.mean(self.returns)) if self.returns else float("nan")
 
     @property
     def std_return(self) -> float:
+        """Population standard deviation of the episode returns (NaN for no episodes)."""
         return float(np.std(self.returns)) if self.returns else float("nan")
 
     @property
     def success_rate(self) -> float | None:
+        """Fraction of episodes the env reported as a success; None where it reports none."""
         return float(np.mean(self.successes)) if self.successes else None
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready values (the per-step traces left out)."""
         d = asdict(self)
         for key in ("observations", "rewards_in", "first", "actions"):
             d.pop(key)

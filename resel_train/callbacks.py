@@ -37,11 +37,14 @@ class TrainingRun(Protocol):
     cfg: TrainConfig
 
     @property
-    def env_steps(self) -> int: ...
+    def env_steps(self) -> int:
+        """Environment steps of the run so far."""
 
-    def evaluate(self, episodes: int | None = None) -> EvalResult: ...
+    def evaluate(self, episodes: int | None = None) -> EvalResult:
+        """Run the deterministic policy on the held-out episodes."""
 
-    def save(self) -> Path: ...
+    def save(self) -> Path:
+        """Write the checkpoint unit now; returns the checkpoint's path."""
 
 
 class BaseCallback:
