@@ -236,5 +236,10 @@ class RESeL(nn.Module):
 
 
 def _grad_norm(net: nn.Module) -> Tensor:
-    """Global L2 norm of a network's gradients, on the device (for logging and the divergence guard)."""
-    return torch.nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None]).detach()
+    """Global L2 norm of a network's gradients, on the device (for logging and the divergence guard).
+
+    One norm of the gradients laid end to end: on a CPU, ``get_total_norm``'s per-tensor norms, moves and
+    stack cost ~140 small ops per network, this ~40.
+    """
+    grads = [p.grad.reshape(-1) for p in net.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.cat(grads)).detach()

@@ -256,3 +256,15 @@ def test_tensorboard_tags_are_grouped_and_the_config_is_logged_as_hparams(tmp_pa
     start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
     assert start.hparams["algo.batch_size"].number_value == trainer.cfg.algo.batch_size
     assert start.hparams["env"].string_value == "Pendulum-V"
+
+
+def test_the_logged_gradient_norm_is_the_global_l2_norm():
+    """The critic/policy grad norms (logged, and watched by the divergence guard) against float64 by hand."""
+    from resel_train.algo import _grad_norm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ELU(), torch.nn.Linear(7, 3))
+    net[0].bias.requires_grad_(False)  # a parameter without a gradient is left out
+    net(torch.randn(4, 5)).pow(2).sum().backward()
+    by_hand = sum(float(p.grad.double().pow(2).sum()) for p in net.parameters() if p.grad is not None) ** 0.5
+    assert abs(float(_grad_norm(net)) - by_hand) <= 1e-6 * by_hand
