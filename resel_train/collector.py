@@ -24,7 +24,7 @@ from resel_train.stepwise import StepwisePolicy
 class EpisodeRecorder:
     """The growing trajectory of the current episode (what enters the replay when it ends)."""
 
-    def __init__(self, obs: np.ndarray, act_dim: int) -> None:
+    def __init__(self, obs: np.ndarray) -> None:
         self.obs = [obs]
         self.act: list[np.ndarray] = []
         self.rew: list[float] = []
@@ -116,7 +116,7 @@ class Collector:
 
     def _reset(self) -> EpisodeRecorder:
         obs, _ = self.env.reset(seed=self.seed + self.episodes)
-        return EpisodeRecorder(np.asarray(obs, np.float32), self.act_dim)
+        return EpisodeRecorder(np.asarray(obs, np.float32))
 
     def step(self) -> Trajectory | None:
         """One environment step; returns the episode when it ended (a new one has then begun)."""

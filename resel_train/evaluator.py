@@ -39,11 +39,10 @@ class Evaluator:
     def run(self, policy: Policy, device: torch.device, step: int, episodes: int | None = None) -> EvalResult:
         """Run ``episodes`` (None: ``cfg.eval_episodes``) deterministic episodes of ``policy``; ``step`` labels it."""
         runner = PolicyRunner(policy, device)
-        act_dim = policy.act_dim
         returns, successes = [], []
         for i in range(episodes or self.episodes):
             obs, _ = self.env.reset(seed=self.seed + i)
-            episode = EpisodeRecorder(np.asarray(obs, np.float32), act_dim)
+            episode = EpisodeRecorder(np.asarray(obs, np.float32))
             runner.reset()
             done = False
             while not done:

@@ -161,7 +161,7 @@ def test_the_trainer_maps_an_unbounded_box_like_the_deployed_policy(tmp_path, mo
         np.testing.assert_array_equal(actions.to_env(np.array([0.75], np.float32)), [0.75])
         ckpt = trainer.save()
     obs = np.asarray(trainer.collector.env.reset(seed=0)[0], np.float32)
-    squashed = PolicyRunner(trainer.policy, trainer.device).act(EpisodeRecorder(obs, 1), True, None)
+    squashed = PolicyRunner(trainer.policy, trainer.device).act(EpisodeRecorder(obs), True, None)
     ctrl = Controller.load(ckpt, backend="torch")
     np.testing.assert_allclose(ctrl.step(obs), actions.to_env(squashed), atol=1e-6)
     assert np.isfinite(actions.to_env(squashed)).all()
