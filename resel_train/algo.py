@@ -242,4 +242,6 @@ def _grad_norm(net: nn.Module) -> Tensor:
     stack cost ~140 small ops per network, this ~40.
     """
     grads = [p.grad.reshape(-1) for p in net.parameters() if p.grad is not None]
+    if not grads:  # nothing reached the network: a zero norm, as get_total_norm gives
+        return torch.zeros((), device=next(net.parameters()).device)
     return torch.linalg.vector_norm(torch.cat(grads)).detach()
