@@ -249,6 +249,54 @@ def test_cpu_kernel_without_reset_state_or_last_state_gradient():
 
 
 @needs_kernel
+@pytest.mark.parametrize("with_D", [False, True])
+@pytest.mark.parametrize("with_z", [False, True])
+@pytest.mark.parametrize("bias_softplus", [(False, False), (True, False), (False, True), (True, True)])
+def test_cpu_kernel_fused_prologue_and_epilogue_match_loop(with_D, with_z, bias_softplus):
+    """The kernel's fused element-wise parts (delta bias, softplus, D skip, z gate), each present or absent,
+    vs the float64 loop within 1e-5: y, last state and every gradient."""
+    with_bias, softplus = bias_softplus
+    inputs, reset = make_inputs(3, 21, 16, length=45)
+    if not softplus:  # raw step sizes must stay positive: a decay exp(dt * A) above 1 would blow up
+        inputs["delta"] = inputs["delta"].abs() + 0.5  # (delta_bias is ~0.1)
+    optional = {"D": with_D, "z": with_z, "delta_bias": with_bias}
+
+    def run_opt(impl, dtype):
+        leaves = {k: v.to(dtype).clone().requires_grad_() for k, v in inputs.items() if optional.get(k, True)}
+        y, last = selective_scan(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves.get("D"),
+                                 leaves.get("z"), leaves.get("delta_bias"), softplus, reset, leaves["initial_state"],
+                                 return_last_state=True, impl=impl)
+        g = torch.Generator().manual_seed(1)
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(dtype)).sum() for t in (y, last))
+        return y.detach(), last.detach(), dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+
+    y_ref, last_ref, g_ref = run_opt("loop", torch.float64)
+    y, last, g = run_opt("cpu", torch.float32)
+    torch.testing.assert_close(y, y_ref.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last, last_ref.float(), rtol=1e-5, atol=1e-5)
+    assert g.keys() == g_ref.keys()
+    for name in g_ref:
+        atol = 1e-5 * max(1.0, g_ref[name].abs().max().item()) if name in ("A", "D", "delta_bias") else 1e-5
+        torch.testing.assert_close(g[name], g_ref[name].float(), rtol=1e-5, atol=atol, msg=f"grad {name}")
+
+
+@needs_kernel
+def test_cpu_kernel_softplus_matches_float64_over_its_whole_range():
+    """The kernel's softplus of delta + bias and its gradient (sigmoid) vs float64 torch, elementwise, over
+    [-40, 40]: the e^x tail, the cancelling middle, and torch's threshold (x > 20 gives x)."""
+    lib = cpu_kernel.load()
+    raw = torch.linspace(-40, 40, 3 * 2 * 1001, dtype=torch.float64).reshape(3, 2, 1001)
+    bias = torch.tensor([0.0, 0.25], dtype=torch.float64)
+    x = (raw.float() + bias.float()[:, None]).double()  # the float32 sum the kernel takes softplus of
+    g_dt = torch.randn(raw.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    dt = cpu_kernel.dt_forward(lib, raw.float(), bias.float(), True)
+    torch.testing.assert_close(dt, torch.nn.functional.softplus(x).float(), rtol=1e-5, atol=0)
+    g_raw, g_bias = cpu_kernel.dt_backward(lib, raw.float(), bias.float(), True, g_dt.float())
+    torch.testing.assert_close(g_raw, (g_dt * torch.sigmoid(x)).float(), rtol=1e-5, atol=1e-30)
+    torch.testing.assert_close(g_bias, (g_dt * torch.sigmoid(x)).sum((0, 2)).float(), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
 def test_cpu_kernel_propagates_nan():
     """A NaN input must stay visible downstream (the divergence guard relies on it), as in the loop."""
     inputs, reset = make_inputs(3, 3, 16, length=20, dtype=torch.float32)

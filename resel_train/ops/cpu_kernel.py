@@ -4,7 +4,8 @@ Why kernels: a Mamba-1 scan has a separate decay per (channel, state) pair, so a
 materialises the (L, batch, d_state, d_inner) state history several times per call, and at the
 sizes RESeL trains on a CPU that memory traffic (and the dispatch of hundreds of small ops) costs
 5-10x the arithmetic. The scan kernel walks each (batch, channel) row once with its state in
-registers (the forward 16 channels at a time). The reset-aware causal conv is the same story at a
+registers (the forward 16 channels at a time); the element-wise work around it (delta bias and softplus
+before, D skip and z gate after) is one compiled pass each way instead of ~16 small tensor ops. The reset-aware causal conv is the same story at a
 smaller scale: a masked multiply-add per tap in tensor ops, one short loop per row here. ELU, the
 activation of every MLP, is there too: torch's CPU ELU costs ~3x a vectorised exp, and its backward
 recomputes that exp, where the output alone gives the derivative. The GRU
@@ -119,6 +120,8 @@ _SIGNATURES = {
     "resel_conv_forward": (7, 5), "resel_conv_backward": (10, 5),
     "resel_gru_forward": (7, 4), "resel_gru_backward": (10, 4),
     "resel_elu_forward": (2, 1), "resel_elu_backward": (3, 1),
+    "resel_dt_forward": (3, 4), "resel_dt_backward": (5, 4),
+    "resel_gate_forward": (6, 3), "resel_gate_backward": (9, 3),
 }
 
 
@@ -193,6 +196,55 @@ def scan_backward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A: Tensor, A2: Tensor
 
     _run_split(part, ranges)
     return du, ddt, dA.sum(0), dB.sum(0), dC.sum(0), dh0
+
+
+def dt_forward(lib: ctypes.CDLL, raw: Tensor, bias: Tensor | None, softplus: bool) -> Tensor:
+    """The scan's step sizes: softplus(raw + bias) (or without either part); ``raw`` itself when neither applies."""
+    if bias is None and not softplus:
+        return raw
+    rows, length = raw.shape[0] * raw.shape[1], raw.shape[2]
+    dt = torch.empty_like(raw)
+    lib.resel_dt_forward(_ptr(raw), _ptr(bias), _ptr(dt), rows, raw.shape[1], length, int(softplus))
+    return dt
+
+
+def dt_backward(lib: ctypes.CDLL, raw: Tensor, bias: Tensor | None, softplus: bool, g_dt: Tensor
+                ) -> tuple[Tensor, Tensor | None]:
+    """Gradients (g_raw, g_bias) of :func:`dt_forward` given the gradient at its output."""
+    if bias is None and not softplus:
+        return g_dt, None
+    g_raw = torch.empty_like(raw)
+    g_bias = None if bias is None else torch.empty_like(bias)
+    lib.resel_dt_backward(_ptr(raw), _ptr(bias), _ptr(g_dt), _ptr(g_raw), _ptr(g_bias), raw.shape[0] * raw.shape[1],
+                          raw.shape[1], raw.shape[2], int(softplus))
+    return g_raw, g_bias
+
+
+def gate_forward(lib: ctypes.CDLL, y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, keep: bool
+                 ) -> tuple[Tensor, Tensor | None]:
+    """(y + D u) * silu(z) (either part optional; ``y`` itself when neither applies) and, when ``keep`` and z is
+    given, y + D u for the backward."""
+    if D is None and z is None:
+        return y, None
+    out = torch.empty_like(y)
+    y_pre = torch.empty_like(y) if keep and z is not None else None
+    lib.resel_gate_forward(_ptr(y), _ptr(u), _ptr(D), _ptr(z), _ptr(out), _ptr(y_pre), y.shape[0] * y.shape[1],
+                           y.shape[1], y.shape[2])
+    return out, y_pre
+
+
+def gate_backward(lib: ctypes.CDLL, y_pre: Tensor | None, u: Tensor, D: Tensor | None, z: Tensor | None,
+                  g_out: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients (g_y, g_u from the skip, g_D, g_z) of :func:`gate_forward` given the gradient at its output."""
+    if D is None and z is None:
+        return g_out, None, None, None
+    g_y = torch.empty_like(g_out)
+    g_u = None if D is None else torch.empty_like(g_out)
+    g_D = None if D is None else torch.empty_like(D)
+    g_z = None if z is None else torch.empty_like(z)
+    lib.resel_gate_backward(_ptr(y_pre), _ptr(u), _ptr(D), _ptr(z), _ptr(g_out), _ptr(g_y), _ptr(g_u), _ptr(g_D),
+                            _ptr(g_z), g_out.shape[0] * g_out.shape[1], g_out.shape[1], g_out.shape[2])
+    return g_y, g_u, g_D, g_z
 
 
 def conv_forward(lib: ctypes.CDLL, x: Tensor, weight: Tensor, bias: Tensor | None, reset: Tensor | None,

@@ -82,6 +82,12 @@ def selective_scan(
         )
 
     dtype_in = u.dtype
+    if impl == "cpu":  # the kernel applies the delta bias and softplus, the D skip and the z gate itself
+        f32 = lambda t: t if t is None or t.dtype == torch.float32 else t.float()  # noqa: E731
+        y, last = _KernelScan.apply(*(f32(t) for t in (u, delta, A, B, C, D, z, delta_bias)), delta_softplus,
+                                    None if reset is None else reset.to(torch.bool), f32(initial_state))
+        y = y.to(dtype_in)
+        return (y, last) if return_last_state else y
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
     u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
     if delta_bias is not None:
@@ -93,8 +99,6 @@ def selective_scan(
 
     if impl == "loop":
         y, last = _scan_loop(u, delta, A, B, C, reset, h0)
-    elif impl == "cpu":
-        y, last = _KernelScan.apply(u, delta, A, B, C, reset, h0)
     else:
         y, last = _ChunkedScan.apply(u, delta, A, B, C, reset, h0)
 
@@ -327,27 +331,37 @@ class _ChunkedScan(torch.autograd.Function):
 
 
 class _KernelScan(torch.autograd.Function):
-    """The compiled CPU kernel (``cpu_kernel``): one pass per (batch, channel) row, state in registers."""
+    """The compiled CPU kernel (``cpu_kernel``): one pass per (batch, channel) row, state in registers. The
+    element-wise work around the scan (delta bias and softplus before it, the D skip and z gate after it) is
+    one compiled pass each way too, where PyTorch ops would be ~16 small ops per forward and backward."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, reset, h0):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reset, h0):
         lib = cpu_kernel.load()
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
+        z = None if z is None else z.contiguous()
+        dt = cpu_kernel.dt_forward(lib, delta, delta_bias, delta_softplus)
         A2 = (A * _LOG2E).contiguous()
         B_l, C_l = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (b, L, n)
         reset = None if reset is None else reset.contiguous()
         h0 = None if h0 is None else h0.contiguous()
-        y, last = cpu_kernel.scan_forward(lib, u, delta, A2, B_l, C_l, reset, h0)
-        ctx.save_for_backward(u, delta, A, A2, B_l, C_l, reset, h0)
-        return y, last
+        y, last = cpu_kernel.scan_forward(lib, u, dt, A2, B_l, C_l, reset, h0)
+        out, y_pre = cpu_kernel.gate_forward(lib, y, u, D, z, keep=any(ctx.needs_input_grad))
+        ctx.save_for_backward(u, delta, dt, A, A2, B_l, C_l, D, z, delta_bias, y_pre, reset, h0)
+        ctx.delta_softplus = delta_softplus
+        return out, last
 
     @staticmethod
-    def backward(ctx, grad_y, grad_last):
-        u, delta, A, A2, B_l, C_l, reset, h0 = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_last):
+        u, delta, dt, A, A2, B_l, C_l, D, z, delta_bias, y_pre, reset, h0 = ctx.saved_tensors
+        lib = cpu_kernel.load()
+        g_y, g_u_skip, g_D, g_z = cpu_kernel.gate_backward(lib, y_pre, u, D, z, grad_out.contiguous())
         dlast = None if grad_last is None else grad_last.contiguous()
-        du, ddelta, dA, dB, dC, dh0 = cpu_kernel.scan_backward(cpu_kernel.load(), u, delta, A, A2, B_l, C_l, reset,
-                                                               h0, grad_y.contiguous(), dlast)
-        return du, ddelta, dA, dB.transpose(1, 2), dC.transpose(1, 2), None, dh0
+        du, ddt, dA, dB, dC, dh0 = cpu_kernel.scan_backward(lib, u, dt, A, A2, B_l, C_l, reset, h0, g_y, dlast)
+        if g_u_skip is not None:
+            du += g_u_skip
+        g_delta, g_bias = cpu_kernel.dt_backward(lib, delta, delta_bias, ctx.delta_softplus, ddt)
+        return du, g_delta, dA, dB.transpose(1, 2), dC.transpose(1, 2), g_D, g_z, g_bias, None, None, dh0
 
 
 _WORKSPACES = threading.local()
