@@ -3,18 +3,51 @@ and the process-wide torch settings of a training run."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import platform
+
 import torch
 
 from resel_train.config import TrainConfig
 
 
 def configure_torch(cfg: TrainConfig) -> torch.device:
-    """Set torch's thread count (``cfg.threads``; 0 keeps torch's) and global seed; returns the run's device."""
+    """Set torch's thread count (``cfg.threads``; 0 keeps torch's) and global seed; returns the run's device.
+
+    On a CPU the heap also keeps freed memory for reuse (:func:`retain_freed_memory`)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    if device.type == "cpu":
+        retain_freed_memory()
     return device
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def retain_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
+    """Make glibc's malloc keep freed memory for reuse, instead of handing it back to the OS; False where
+    the C library is not glibc (nothing changes there).
+
+    Why: an update allocates and frees the same tensors of a few hundred KB every time. With glibc's
+    defaults such blocks come from fresh mmaps or a heap top that is trimmed when they are freed, so
+    every update page-faults them in again: hundreds of faults per update at a few microseconds each.
+    Blocks below ``mmap_threshold`` now come from the heap, and up to ``trim_threshold`` of free heap
+    is kept. Process-wide; set once per training process.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
 def resolve_device(name: str) -> torch.device:
