@@ -130,11 +130,11 @@ void resel_scan_forward(const float *u, const float *dt, const float *A2, const 
     free_lanes(&l);
 }
 
-/* Backward, one (batch, channel) row at a time: the row's states and decays are recomputed into L * d_state
-   floats of scratch each, then walked in reverse (the stored decay saves the reverse walk an exp2 per
-   element). (A 16-lane form of it needs a horizontal sum per (step, state) for dB and dC, 4x more of them
-   than this form at d_state 64, and measured slower.) dA sums L terms per row: in float over blocks of
-   GA_BLOCK steps, then in float64, which keeps it at 1e-7 without a float64 add per element. */
+/* Backward, one (batch, channel) row at a time: the row's states are recomputed into L * d_state floats of
+   scratch, then walked in reverse. (A 16-lane form of it needs a horizontal sum per (step, state) for dB
+   and dC, 4x more of them than this form at d_state 64, and measured slower.) dA sums L terms per row: in
+   float over blocks of GA_BLOCK steps, then in float64, which keeps it at 1e-7 without a float64 convert
+   and add per element (those had made the backward ~1.6x slower). */
 #define GA_BLOCK 32
 void resel_scan_backward(const float *u, const float *dt, const float *A, const float *A2, const float *B,
                          const float *C, const uint8_t *reset, const float *h0, const float *dy,
@@ -143,7 +143,6 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
                          int64_t row_begin, int64_t row_end) {
     (void)batch;
     float *states = malloc(sizeof(float) * (length + 1) * d_state); /* row 0: h_{-1}; row t + 1: h_t */
-    float *decays = malloc(sizeof(float) * length * d_state);        /* row t: keep_t * exp(dt_t * A) */
     float *g = malloc(sizeof(float) * d_state), *g_A_block = malloc(sizeof(float) * d_state);
     double *g_A = malloc(sizeof(double) * d_state); /* the row's sum over L steps */
     for (int64_t row = row_begin; row < row_end; ++row) {
@@ -159,12 +158,9 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
             const float delta = dt_r[t], x = delta * u_r[t];
             const float keep = (reset_b && reset_b[t]) ? 0.0f : 1.0f;
             const float *B_t = B_b + t * d_state, *prev = states + t * d_state;
-            float *h = states + (t + 1) * d_state, *decay = decays + t * d_state;
+            float *h = states + (t + 1) * d_state;
 #pragma omp simd
-            for (int64_t n = 0; n < d_state; ++n) {
-                decay[n] = keep * exp2_clamped(delta * a2[n]);
-                h[n] = decay[n] * prev[n] + x * B_t[n];
-            }
+            for (int64_t n = 0; n < d_state; ++n) h[n] = keep * exp2_clamped(delta * a2[n]) * prev[n] + x * B_t[n];
         }
         if (dlast) memcpy(g, dlast + row * d_state, sizeof(float) * d_state);
         else memset(g, 0, sizeof(float) * d_state);
@@ -172,20 +168,22 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
         memset(g_A_block, 0, sizeof(float) * d_state);
         for (int64_t t = length - 1; t >= 0; --t) { /* g: grad w.r.t. h_t, then h_{t-1} */
             const float delta = dt_r[t], uu = u_r[t], x = delta * uu, gy = dy_r[t];
-            const float *B_t = B_b + t * d_state, *C_t = C_b + t * d_state, *decay = decays + t * d_state;
+            const float keep = (reset_b && reset_b[t]) ? 0.0f : 1.0f;
+            const float *B_t = B_b + t * d_state, *C_t = C_b + t * d_state;
             const float *h = states + (t + 1) * d_state, *prev = states + t * d_state;
             float *dB_t = dB_b + t * d_state, *dC_t = dC_b + t * d_state;
             float g_x = 0.0f, g_delta = 0.0f;
 #pragma omp simd reduction(+ : g_x, g_delta)
             for (int64_t n = 0; n < d_state; ++n) {
                 const float gn = g[n] + gy * C_t[n];
-                const float g_log_decay = gn * prev[n] * decay[n]; /* grad w.r.t. dt_t * A[n] */
+                const float decay = keep * exp2_clamped(delta * a2[n]);
+                const float g_log_decay = gn * prev[n] * decay; /* grad w.r.t. dt_t * A[n] */
                 dC_t[n] += gy * h[n];
                 dB_t[n] += gn * x;
                 g_x += gn * B_t[n];
                 g_delta += g_log_decay * a[n];
                 g_A_block[n] += g_log_decay * delta;
-                g[n] = gn * decay[n];
+                g[n] = gn * decay;
             }
             du[row * length + t] = g_x * delta;
             ddt[row * length + t] = g_x * uu + g_delta;
@@ -202,7 +200,6 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
     free(g_A);
     free(g_A_block);
     free(g);
-    free(decays);
     free(states);
 }
 
