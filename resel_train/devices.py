@@ -4,8 +4,7 @@ and the process-wide torch settings of a training run."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import platform
+import os
 
 import torch
 
@@ -39,12 +38,11 @@ def retain_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 25
     Blocks below ``mmap_threshold`` now come from the heap, and up to ``trim_threshold`` of free heap
     is kept. Process-wide; set once per training process.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    try:  # the running C library's own name and symbols: no file scan or ldconfig call at start-up
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
+            return False
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, ValueError):  # no confstr name, no mallopt symbol: not glibc
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))

@@ -7,9 +7,9 @@ sizes RESeL trains on a CPU that memory traffic (and the dispatch of hundreds of
 registers (the forward 16 channels at a time); the element-wise work around it (delta bias and
 softplus before, D skip and z gate after) is one compiled pass each way instead of ~16 small tensor
 ops. The reset-aware causal conv is the same story at a smaller scale: a masked multiply-add per
-tap in tensor ops, one short loop per row here. ELU, the
-activation of every MLP, is there too: torch's CPU ELU costs ~3x a vectorised exp, and its backward
-recomputes that exp, where the output alone gives the derivative. The GRU
+tap in tensor ops, one short loop per row here. ELU, the activation of every MLP, is there too:
+torch's CPU ELU costs ~3x a vectorised exp, and its backward recomputes that exp, where the output
+alone gives the derivative. The GRU
 has no fused reset-aware CPU path in torch (``nn.GRU`` runs ~10 ops per time step there, forward
 and backward); here it is one loop per batch row over the time steps.
 
@@ -203,9 +203,9 @@ def dt_forward(lib: ctypes.CDLL, raw: Tensor, bias: Tensor | None, softplus: boo
     """The scan's step sizes: softplus(raw + bias) (or without either part); ``raw`` itself when neither applies."""
     if bias is None and not softplus:
         return raw
-    rows, length = raw.shape[0] * raw.shape[1], raw.shape[2]
     dt = torch.empty_like(raw)
-    lib.resel_dt_forward(_ptr(raw), _ptr(bias), _ptr(dt), rows, raw.shape[1], length, int(softplus))
+    lib.resel_dt_forward(_ptr(raw), _ptr(bias), _ptr(dt), raw.shape[0] * raw.shape[1], raw.shape[1], raw.shape[2],
+                         int(softplus))
     return dt
 
 
