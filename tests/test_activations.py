@@ -65,3 +65,19 @@ def test_fallback_outside_float32_cpu(monkeypatch):
 def test_module_matches_function():
     x = torch.randn(4, 9)
     torch.testing.assert_close(activations.ELU()(x), activations.elu(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # the kernel path, then the F.elu fallback
+@pytest.mark.parametrize("rows,members,width", [(1, 1, 1), (5, 3, 7), (408, 8, 64)])
+def test_elu_members_swaps_axes_and_matches_float64(dtype, rows, members, width):
+    torch.manual_seed(1)
+    x = (torch.randn(rows, members * width, dtype=dtype) * 3).requires_grad_()
+    y = activations.elu_members(x, members)
+    ref = reference_elu(x.detach()).view(rows, members, width).transpose(0, 1)
+    assert y.shape == (members, rows, width) and y.dtype == dtype
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-7)
+    g = torch.randn(members, rows, width, dtype=dtype)
+    (grad,) = torch.autograd.grad(y, x, g)
+    ref_grad = (g.double().transpose(0, 1).reshape(rows, -1)
+                * torch.where(x.detach().double() > 0, 1.0, torch.exp(x.detach().double())))
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-7)

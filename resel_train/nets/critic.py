@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from resel_train.action_space import ActionSpace
 from resel_train.nets.encoders import State, make_encoder
 from resel_train.nets.inputs import HistoryEmbedding, xavier_init
-from resel_train.ops.activations import elu
+from resel_train.ops.activations import elu, elu_members
 
 
 class EnsembleLinear(nn.Module):
@@ -47,7 +47,7 @@ def ensemble_mlp(x: Tensor, layers: list[tuple[Tensor, Tensor]]) -> Tensor:
     (w, b), *middle, (w_last, b_last) = layers
     m, in_dim, out_dim = w.shape
     h = torch.addmm(b.reshape(m * out_dim), x, w.transpose(0, 1).reshape(in_dim, m * out_dim))
-    h = elu(h).view(x.shape[0], m, out_dim).transpose(0, 1)
+    h = elu_members(h, m)
     for w, b in middle:
         h = elu(torch.baddbmm(b, h, w))
     if w_last.shape[-1] == 1:

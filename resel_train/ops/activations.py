@@ -18,11 +18,24 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def _kernel_applies(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not _tracing() and cpu_kernel.load() is not None
+
+
 def elu(x: Tensor) -> Tensor:
     """ELU with alpha 1 (``F.elu``'s default)."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and not _tracing() and cpu_kernel.load() is not None:
-        return _KernelELU.apply(x)
-    return F.elu(x)
+    return _KernelELU.apply(x) if _kernel_applies(x) else F.elu(x)
+
+
+def elu_members(x: Tensor, members: int) -> Tensor:
+    """ELU of (rows, members * width), the members side by side per row, as (members, rows, width).
+
+    The same values as ``elu(x).view(rows, members, width).transpose(0, 1)``; on the CPU kernel path the
+    result is contiguous, so a batched matmul over the members reads it without a transposing copy.
+    """
+    if _kernel_applies(x):
+        return _KernelELUMembers.apply(x, members)
+    return F.elu(x).view(x.shape[0], members, -1).transpose(0, 1)
 
 
 class ELU(nn.Module):
@@ -44,3 +57,16 @@ class _KernelELU(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors
         return cpu_kernel.elu_backward(cpu_kernel.load(), y, grad_y.contiguous())
+
+
+class _KernelELUMembers(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, members: int) -> Tensor:
+        y = cpu_kernel.elu_members_forward(cpu_kernel.load(), x.contiguous(), members)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor) -> tuple[Tensor, None]:
+        (y,) = ctx.saved_tensors
+        return cpu_kernel.elu_members_backward(cpu_kernel.load(), y, grad_y.contiguous()), None

@@ -121,6 +121,7 @@ _SIGNATURES = {
     "resel_conv_forward": (7, 5), "resel_conv_backward": (10, 5),
     "resel_gru_forward": (7, 4), "resel_gru_backward": (10, 4),
     "resel_elu_forward": (2, 1), "resel_elu_backward": (3, 1),
+    "resel_elu_members_forward": (2, 3), "resel_elu_members_backward": (3, 3),
     "resel_dt_forward": (3, 4), "resel_dt_backward": (5, 4),
     "resel_gate_forward": (6, 3), "resel_gate_backward": (9, 3),
 }
@@ -320,4 +321,20 @@ def elu_backward(lib: ctypes.CDLL, y: Tensor, dy: Tensor) -> Tensor:
     """The gradient of ELU at the input whose output is ``y``, given ``dy`` (both contiguous float32)."""
     dx = torch.empty_like(y)
     lib.resel_elu_backward(_ptr(y), _ptr(dy), _ptr(dx), y.numel())
+    return dx
+
+
+def elu_members_forward(lib: ctypes.CDLL, x: Tensor, members: int) -> Tensor:
+    """ELU of a contiguous (rows, members * width) float32 tensor, returned as (members, rows, width)."""
+    rows, width = x.shape[0], x.shape[1] // members
+    y = x.new_empty(members, rows, width)
+    lib.resel_elu_members_forward(_ptr(x), _ptr(y), rows, members, width)
+    return y
+
+
+def elu_members_backward(lib: ctypes.CDLL, y: Tensor, dy: Tensor) -> Tensor:
+    """The gradient of :func:`elu_members_forward` at its (rows, members * width) input, given ``dy`` as ``y``."""
+    members, rows, width = y.shape
+    dx = y.new_empty(rows, members * width)
+    lib.resel_elu_members_backward(_ptr(y), _ptr(dy), _ptr(dx), rows, members, width)
     return dx

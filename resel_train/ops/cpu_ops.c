@@ -403,20 +403,49 @@ void resel_gru_backward(const float *w_t, const uint8_t *reset, const float *h0,
 /* ELU (alpha 1) over n contiguous floats: y = x for x > 0, else exp(x) - 1, with exp(x) - 1 taken from its
    Taylor series for |x| < 1/32, where the subtraction would cancel (error < 1e-7 relative to y either way).
    The backward needs only the output: dy/dx = 1 for y > 0, else y + 1 (= exp(x)). */
+static inline float elu_f(float v) {
+    const float neg = v < 0.0f ? v : 0.0f; /* the exp branch is computed for every lane: keep it finite */
+    const float series = neg * (1.0f + neg * (0.5f + neg * (1.0f / 6.0f + neg * (1.0f / 24.0f))));
+    const float em1 = neg > -0.03125f ? series : exp2_clamped(1.4426950408889634f * neg) - 1.0f;
+    return v > 0.0f ? v : (v == v ? em1 : v); /* NaN stays NaN */
+}
+
+/* the derivative from the output: 1 where y > 0, else y + 1 (= e^x) */
+static inline float elu_grad_f(float y, float dy) { return y > 0.0f ? dy : dy * (y + 1.0f); }
+
 void resel_elu_forward(const float *x, float *y, int64_t n) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) {
-        const float v = x[i];
-        const float neg = v < 0.0f ? v : 0.0f; /* the exp branch is computed for every lane: keep it finite */
-        const float series = neg * (1.0f + neg * (0.5f + neg * (1.0f / 6.0f + neg * (1.0f / 24.0f))));
-        const float em1 = neg > -0.03125f ? series : exp2_clamped(1.4426950408889634f * neg) - 1.0f;
-        y[i] = v > 0.0f ? v : (v == v ? em1 : v); /* NaN stays NaN */
-    }
+    for (int64_t i = 0; i < n; ++i) y[i] = elu_f(x[i]);
 }
 
 void resel_elu_backward(const float *y, const float *dy, float *dx, int64_t n) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) dx[i] = y[i] > 0.0f ? dy[i] : dy[i] * (y[i] + 1.0f);
+    for (int64_t i = 0; i < n; ++i) dx[i] = elu_grad_f(y[i], dy[i]);
+}
+
+/* ELU with the first two axes swapped on the way: x (rows, members, width) -> y (members, rows, width), and
+   back for the gradient. The critic ensemble's first layer is one matmul whose output holds the members side
+   by side per row; its next layer multiplies member by member, so it needs them apart. Swapping here saves
+   a transposing copy each way, which costs several times this ELU. */
+void resel_elu_members_forward(const float *x, float *y, int64_t rows, int64_t members, int64_t width) {
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < members; ++k) {
+            const float *src = x + (r * members + k) * width;
+            float *dst = y + (k * rows + r) * width;
+#pragma omp simd
+            for (int64_t j = 0; j < width; ++j) dst[j] = elu_f(src[j]);
+        }
+}
+
+void resel_elu_members_backward(const float *y, const float *dy, float *dx, int64_t rows, int64_t members,
+                                int64_t width) {
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < members; ++k) {
+            const int64_t from = (k * rows + r) * width;
+            float *dst = dx + (r * members + k) * width;
+#pragma omp simd
+            for (int64_t j = 0; j < width; ++j) dst[j] = elu_grad_f(y[from + j], dy[from + j]);
+        }
 }
 
 /* The selective scan's element-wise prologue and epilogue, one pass each instead of 2-5 tensor ops (forward
