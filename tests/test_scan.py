@@ -211,14 +211,14 @@ needs_kernel = pytest.mark.skipif(cpu_kernel.load() is None, reason="no C compil
 
 
 @needs_kernel
-@pytest.mark.parametrize("length", [1, 7, 64, 203])  # around and past the backward's 64-step recompute window
+@pytest.mark.parametrize("length", [1, 7, 64, 203])  # around and past dA's 32-step float blocks
 @pytest.mark.parametrize("d_state", [6, 16, 17])
 @pytest.mark.parametrize("split", [False, True])  # one call, or the work split over three threads
 def test_cpu_kernel_matches_loop_float32(monkeypatch, length, d_state, split):
     """The compiled kernel in float32 vs the float64 loop within 1e-5: y, last state and every gradient.
 
     37 channels: two full 16-channel blocks and a partial one per batch row (3 rows: 9 blocks)."""
-    if split:  # uneven parts: the forward's 9 blocks as 2 / 5 / 2, the backward's 111 rows as 27 / 69 / 15
+    if split:  # uneven parts: the 9 blocks as 2 / 5 / 2, so parts start and end inside a batch row
         parts = lambda n, **kw: [(0, n // 4), (n // 4, n - n // 7), (n - n // 7, n)]  # noqa: E731
         monkeypatch.setattr(cpu_kernel, "_row_ranges", parts)
     inputs, reset = make_inputs(3, 37, d_state, length=length)

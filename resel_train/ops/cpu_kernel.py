@@ -4,7 +4,7 @@ Why kernels: a Mamba-1 scan has a separate decay per (channel, state) pair, so a
 materialises the (L, batch, d_state, d_inner) state history several times per call, and at the
 sizes RESeL trains on a CPU that memory traffic (and the dispatch of hundreds of small ops) costs
 5-10x the arithmetic. The scan kernel walks each (batch, channel) row once with its state in
-registers (the forward 16 channels at a time); the element-wise work around it (delta bias and
+registers, 16 channels at a time; the element-wise work around it (delta bias and
 softplus before, D skip and z gate after) is one compiled pass each way instead of ~16 small tensor
 ops. The reset-aware causal conv is the same story at a smaller scale: a masked multiply-add per
 tap in tensor ops, one short loop per row here. ELU, the activation of every MLP, is there too:
@@ -41,7 +41,7 @@ from torch import Tensor
 _SOURCE = Path(__file__).with_name("cpu_ops.c")
 _FLAG_SETS = (["-O3", "-march=native", "-fno-trapping-math", "-fopenmp-simd"], ["-O3", "-fno-trapping-math"], ["-O3"])
 _LOCK = threading.Lock()
-LANES = 16  # channels per block of the scan kernel's forward (``LANES`` in cpu_ops.c)
+LANES = 16  # channels per block of the scan kernel, forward and backward (``LANES`` in cpu_ops.c)
 _STATE: dict[str, object] = {}
 
 
@@ -183,7 +183,7 @@ def scan_backward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A: Tensor, A2: Tensor
     """Gradients (du, ddt, dA, dB_l, dC_l, dh0) of the forward's (y, last) given (dy, dlast)."""
     batch, d_inner, length = u.shape
     d_state = A.shape[1]
-    ranges = _row_ranges(batch * d_inner, min_rows=64)
+    ranges = _row_ranges(batch * -(-d_inner // LANES))
     du, ddt = torch.empty_like(u), torch.empty_like(u)
     dh0 = torch.empty_like(h0) if h0 is not None else None
     # per thread: dA sums over the batch, dB and dC over the channels, so thread parts are summed after

@@ -331,7 +331,7 @@ class _ChunkedScan(torch.autograd.Function):
 
 
 class _KernelScan(torch.autograd.Function):
-    """The compiled CPU kernel (``cpu_kernel``): one pass per (batch, channel) row, state in registers. The
+    """The compiled CPU kernel (``cpu_kernel``): one pass per block of 16 channels, state in registers. The
     element-wise work around the scan (delta bias and softplus before it, the D skip and z gate after it) is
     one compiled pass each way too, where PyTorch ops would be ~16 small ops per forward and backward."""
 
