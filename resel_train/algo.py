@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from resel_train.action_space import ActionSpace, Box, Discrete
 from resel_train.buffer import Batch, next_view, pad_rows_time
 from resel_train.config import AlgoConfig, ModelConfig
+from resel_train.flat_params import ParamGroups, fit_optimizer_state
 from resel_train.nets.critic import Critic
 from resel_train.nets.policy import Policy
 
@@ -114,10 +115,13 @@ class RESeL(nn.Module):
         self.target_entropy = (self.space.default_target_entropy if algo.target_entropy is None
                                else float(algo.target_entropy))
         self._fixed_alpha = None if algo.fixed_alpha is None else torch.tensor(float(algo.fixed_alpha), device=device)
-        self.policy_opt = make_adamw(parameter_groups(self.policy, algo.policy_lr, algo.encoder_lr), algo.policy_lr,
-                                     device)
-        self.critic_opt = make_adamw(parameter_groups(self.critic, algo.critic_lr, algo.encoder_lr), algo.critic_lr,
-                                     device)
+        flat = device.type == "cpu"  # see resel_train.flat_params
+        self.policy_params = ParamGroups(parameter_groups(self.policy, algo.policy_lr, algo.encoder_lr), flat)
+        self.critic_params = ParamGroups(parameter_groups(self.critic, algo.critic_lr, algo.encoder_lr), flat)
+        # the critic's split, so the target's tensors line up with the critic's for the Polyak step (no LR used)
+        self.target_params = ParamGroups(parameter_groups(self.critic_target, 0.0, 0.0), flat, grads=False)
+        self.policy_opt = make_adamw(self.policy_params.groups, algo.policy_lr, device)
+        self.critic_opt = make_adamw(self.critic_params.groups, algo.critic_lr, device)
         self.alpha_opt = make_adamw([self.log_alpha], algo.alpha_lr, device)
         self.generator = torch.Generator().manual_seed(seed)  # CPU: update noise and head pairs, resumable
         self.critic_steps = 0
@@ -172,9 +176,9 @@ class RESeL(nn.Module):
         target = self.critic_target_value(batch, noise, policy_out)
         q = self.critic.q(batch.obs, batch.act, self.critic.context(*history, batch.reset))
         critic_loss = masked_mean((q - target).pow(2).sum(-1, keepdim=True), batch.mask)
-        self.critic_opt.zero_grad(set_to_none=True)
+        self.critic_params.zero_grad()
         critic_loss.backward()
-        critic_grad_norm = _grad_norm(self.critic)
+        critic_grad_norm = self.critic_params.grad_norm()
         self.critic_opt.step()
         self._polyak()
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": masked_mean(q.detach().mean(-1, keepdim=True),
@@ -193,9 +197,9 @@ class RESeL(nn.Module):
         objective, entropy = self.space.policy_terms(self.critic, policy_out, batch.obs, context, noise, self.alpha)
         self.critic.requires_grad_(True)
         policy_loss = masked_mean(objective, batch.mask)
-        self.policy_opt.zero_grad(set_to_none=True)
+        self.policy_params.zero_grad()
         policy_loss.backward()
-        policy_grad_norm = _grad_norm(self.policy)
+        policy_grad_norm = self.policy_params.grad_norm()
         self.policy_opt.step()
         entropy = entropy.detach()
         metrics = {"policy_loss": policy_loss.detach(), "entropy": masked_mean(entropy, batch.mask),
@@ -212,8 +216,7 @@ class RESeL(nn.Module):
 
     @torch.no_grad()
     def _polyak(self) -> None:
-        target = list(self.critic_target.parameters())
-        torch._foreach_lerp_(target, list(self.critic.parameters()), self.algo.tau)
+        torch._foreach_lerp_(self.target_params.tensors, self.critic_params.tensors, self.algo.tau)
 
     def training_state(self) -> dict:
         """Everything but the networks needed to resume exactly."""
@@ -225,8 +228,8 @@ class RESeL(nn.Module):
 
     def load_training_state(self, state: dict) -> None:
         """Restore what :meth:`training_state` saved (optimisers, generator, step count), on this device."""
-        self.policy_opt.load_state_dict(state["policy_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.policy_opt.load_state_dict(fit_optimizer_state(state["policy_opt"], self.policy_opt, self.policy_params))
+        self.critic_opt.load_state_dict(fit_optimizer_state(state["critic_opt"], self.critic_opt, self.critic_params))
         self.alpha_opt.load_state_dict(state["alpha_opt"])
         for opt in (self.policy_opt, self.critic_opt, self.alpha_opt):  # a run may resume on another device
             for group in opt.param_groups:
@@ -234,14 +237,3 @@ class RESeL(nn.Module):
         self.generator.set_state(state["generator"])
         self.critic_steps = int(state["critic_steps"])
 
-
-def _grad_norm(net: nn.Module) -> Tensor:
-    """Global L2 norm of a network's gradients, on the device (for logging and the divergence guard).
-
-    One norm of the gradients laid end to end: on a CPU, ``get_total_norm``'s per-tensor norms, moves and
-    stack cost ~140 small ops per network, this ~40.
-    """
-    grads = [p.grad.reshape(-1) for p in net.parameters() if p.grad is not None]
-    if not grads:  # nothing reached the network: a zero norm, as get_total_norm gives
-        return torch.zeros((), device=next(net.parameters()).device)
-    return torch.linalg.vector_norm(torch.cat(grads)).detach()
