@@ -121,10 +121,10 @@ class Learner:
         if self.graphed_update is not None:
             metrics = self.graphed_update(batch, noise)
         else:
-            if self.device.type == "cuda":  # pinned host memory: the copies overlap with queued GPU work
-                batch, noise = batch.pin_memory(), noise.pin_memory()
-            metrics = self.agent.update(batch.to(self.device, non_blocking=True),
-                                        noise.to(self.device, non_blocking=True))
+            if self.device.type != "cpu":  # from pinned host memory: the copies overlap with queued GPU work
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
+                noise = noise.pin_memory().to(self.device, non_blocking=True)
+            metrics = self.agent.update(batch, noise)
         self.prefetch.draw(self.buffer, self.cfg.algo.batch_size)
         return metrics
 

@@ -234,6 +234,30 @@ def test_cpu_kernel_matches_loop_float32(monkeypatch, length, d_state, split):
 
 
 @needs_kernel
+@pytest.mark.parametrize("batch,length", [(3, 45), (1, 45), (3, 1)])  # size-1 axes may carry any stride
+def test_cpu_kernel_reads_B_and_C_in_place_from_a_wider_projection(batch, length):
+    """B and C as the Mamba mixer passes them: (b, n, L) views of slices of one (b, L, 2 + 2n) projection, which
+    the kernel reads without a copy; y, last state and the projection's gradient vs the float64 loop."""
+    inputs, reset = make_inputs(batch, 21, 16, length=length, resets="mixed" if batch == 3 else "none")
+    g = torch.Generator().manual_seed(3)
+    proj = torch.randn(batch, length, 2 + 2 * 16, generator=g, dtype=torch.float64)
+    outs = {}
+    for impl, dtype in (("loop", torch.float64), ("cpu", torch.float32)):
+        x = proj.to(dtype).requires_grad_()
+        B, C = x[..., 2:18].transpose(1, 2), x[..., 18:].transpose(1, 2)
+        if impl == "cpu":
+            assert cpu_kernel.step_rows(B.transpose(1, 2)).data_ptr() == B.data_ptr()  # no copy
+        rest = {k: v.to(dtype) for k, v in inputs.items() if k not in ("B", "C")}
+        y, last = selective_scan(rest["u"], rest["delta"], rest["A"], B, C, rest["D"], rest["z"], rest["delta_bias"],
+                                 True, reset, rest["initial_state"], return_last_state=True, impl=impl)
+        w = torch.Generator().manual_seed(4)
+        loss = (y * torch.randn(y.shape, generator=w, dtype=torch.float64).to(dtype)).sum() + last.sum()
+        outs[impl] = (y.detach(), last.detach(), torch.autograd.grad(loss, x)[0])
+    for got, want in zip(outs["cpu"], outs["loop"]):
+        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
 def test_cpu_kernel_without_reset_state_or_last_state_gradient():
     """No reset, no initial state, y alone: the kernel's optional inputs, vs the float64 loop."""
     inputs, _ = make_inputs(2, 4, 16, length=50, resets="none")

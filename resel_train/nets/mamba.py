@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resel_train.ops.conv import causal_conv1d, causal_conv1d_step
+from resel_train.ops.norms import rms_norm
 from resel_train.ops.scan import selective_scan
 
 MambaState = tuple[Tensor, Tensor]  # (conv window (b, d_inner, d_conv-1), ssm state (b, d_inner, d_state))
@@ -139,7 +140,7 @@ class MambaBlock(nn.Module):
 
     def forward(self, x: Tensor, reset: Tensor | None, state: MambaState | None = None) -> tuple[Tensor, MambaState]:
         """x (b, L, d_model) -> the block's output and the mixer's final state."""
-        y, state = self.mixer(self.norm(x), reset, state)
+        y, state = self.mixer(rms_norm(x, self.norm, self.norm_eps), reset, state)
         return self._feed_forward(x + y), state
 
     def step(self, x: Tensor, reset: Tensor | None, state: MambaState) -> tuple[Tensor, MambaState]:

@@ -14,17 +14,9 @@ from torch import Tensor, nn
 from resel_train.ops import cpu_kernel
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
-def _kernel_applies(x: Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not _tracing() and cpu_kernel.load() is not None
-
-
 def elu(x: Tensor) -> Tensor:
     """ELU with alpha 1 (``F.elu``'s default)."""
-    return _KernelELU.apply(x) if _kernel_applies(x) else F.elu(x)
+    return _KernelELU.apply(x) if cpu_kernel.applies_to(x) else F.elu(x)
 
 
 def elu_members(x: Tensor, members: int) -> Tensor:
@@ -33,7 +25,7 @@ def elu_members(x: Tensor, members: int) -> Tensor:
     The same values as ``elu(x).view(rows, members, width).transpose(0, 1)``; on the CPU kernel path the
     result is contiguous, so a batched matmul over the members reads it without a transposing copy.
     """
-    if _kernel_applies(x):
+    if cpu_kernel.applies_to(x):
         return _KernelELUMembers.apply(x, members)
     return F.elu(x).view(x.shape[0], members, -1).transpose(0, 1)
 

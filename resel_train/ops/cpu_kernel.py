@@ -117,11 +117,12 @@ def _try_load() -> tuple[ctypes.CDLL | None, str | None]:
 
 # (pointer arguments, int64 arguments) of each exported function of cpu_ops.c
 _SIGNATURES = {
-    "resel_scan_forward": (9, 6), "resel_scan_backward": (16, 6),
+    "resel_scan_forward": (9, 8), "resel_scan_backward": (16, 8),
     "resel_conv_forward": (7, 5), "resel_conv_backward": (10, 5),
     "resel_gru_forward": (7, 4), "resel_gru_backward": (10, 4),
     "resel_elu_forward": (2, 1), "resel_elu_backward": (3, 1),
     "resel_elu_members_forward": (2, 3), "resel_elu_members_backward": (3, 3),
+    "resel_rms_norm_forward": (5, 2), "resel_rms_norm_backward": (6, 2),
     "resel_dt_forward": (3, 4), "resel_dt_backward": (5, 4),
     "resel_gate_forward": (6, 3), "resel_gate_backward": (9, 3),
 }
@@ -133,6 +134,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         fn.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * ints
         fn.restype = None
     return lib
+
+
+def applies_to(x: Tensor) -> bool:
+    """Whether an op on ``x`` runs its kernel: a float32 CPU tensor, kernels built, not while tracing for export."""
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not tracing and load() is not None
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -161,9 +168,26 @@ def _run_split(fn, ranges: list[tuple[int, int]]) -> None:
         job.result()
 
 
+def _step_stride(t: Tensor) -> int:
+    """Floats from one step of a (batch, L, n) tensor to the next, as the kernel walks them (batch b starts at
+    b * L * stride); a size-1 axis may carry any stride, so it is read from the axis that matters."""
+    batch, length, n = t.shape
+    return t.stride(1) if length > 1 else t.stride(0) if batch > 1 else n
+
+
+def step_rows(t: Tensor) -> Tensor:
+    """A (batch, L, n) tensor as the scan kernel reads B and C: each step's n values contiguous and the steps
+    evenly strided (a slice of a wider projection is, and is then read in place); a copy when not."""
+    batch, length, n = t.shape
+    if (n == 1 or t.stride(2) == 1) and (batch == 1 or t.stride(0) == length * _step_stride(t)):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+
+
 def scan_forward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A2: Tensor, B_l: Tensor, C_l: Tensor,
                  reset: Tensor | None, h0: Tensor | None) -> tuple[Tensor, Tensor]:
-    """y (batch, d_inner, L) and the last state (batch, d_inner, d_state); B_l, C_l are (batch, L, d_state)."""
+    """y (batch, d_inner, L) and the last state (batch, d_inner, d_state); B_l, C_l are (batch, L, d_state), their
+    rows any stride apart (see :func:`step_rows`)."""
     batch, d_inner, length = u.shape
     d_state = A2.shape[1]
     blocks = batch * -(-d_inner // LANES)
@@ -172,7 +196,7 @@ def scan_forward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A2: Tensor, B_l: Tenso
 
     def part(_k: int, begin: int, end: int) -> None:
         lib.resel_scan_forward(_ptr(u), _ptr(dt), _ptr(A2), _ptr(B_l), _ptr(C_l), _ptr(reset), _ptr(h0), _ptr(y),
-                               _ptr(last), batch, d_inner, length, d_state, begin, end)
+                               _ptr(last), batch, d_inner, length, d_state, _step_stride(B_l), _step_stride(C_l), begin, end)
 
     _run_split(part, _row_ranges(blocks))
     return y, last
@@ -194,7 +218,7 @@ def scan_backward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A: Tensor, A2: Tensor
     def part(k: int, begin: int, end: int) -> None:
         lib.resel_scan_backward(_ptr(u), _ptr(dt), _ptr(A), _ptr(A2), _ptr(B_l), _ptr(C_l), _ptr(reset), _ptr(h0),
                                 _ptr(dy), _ptr(dlast), _ptr(du), _ptr(ddt), _ptr(dA[k]), _ptr(dB[k]), _ptr(dC[k]),
-                                _ptr(dh0), batch, d_inner, length, d_state, begin, end)
+                                _ptr(dh0), batch, d_inner, length, d_state, _step_stride(B_l), _step_stride(C_l), begin, end)
 
     _run_split(part, ranges)
     return du, ddt, dA.sum(0), dB.sum(0), dC.sum(0), dh0
@@ -338,3 +362,21 @@ def elu_members_backward(lib: ctypes.CDLL, y: Tensor, dy: Tensor) -> Tensor:
     dx = y.new_empty(rows, members * width)
     lib.resel_elu_members_backward(_ptr(y), _ptr(dy), _ptr(dx), rows, members, width)
     return dx
+
+
+def rms_norm_forward(lib: ctypes.CDLL, x: Tensor, weight: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """RMSNorm of a contiguous (..., n) float32 tensor over its last axis, and the per-row 1 / rms it used."""
+    n = x.shape[-1]
+    y = torch.empty_like(x)
+    rstd = x.new_empty(x.numel() // n)
+    lib.resel_rms_norm_forward(_ptr(x), _ptr(weight), _ptr(eps), _ptr(y), _ptr(rstd), rstd.numel(), n)
+    return y, rstd
+
+
+def rms_norm_backward(lib: ctypes.CDLL, x: Tensor, weight: Tensor, rstd: Tensor, dy: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients (dx, dweight) of :func:`rms_norm_forward` given ``dy`` (contiguous, as ``x``)."""
+    dx = torch.empty_like(x)
+    dweight = torch.empty_like(weight)
+    lib.resel_rms_norm_backward(_ptr(x), _ptr(weight), _ptr(rstd), _ptr(dy), _ptr(dx), _ptr(dweight), rstd.numel(),
+                                x.shape[-1])
+    return dx, dweight

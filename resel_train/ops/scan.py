@@ -85,8 +85,8 @@ def selective_scan(
     if impl == "cpu":  # the kernel applies the delta bias and softplus, the D skip and the z gate itself
         f32 = lambda t: t if t is None or t.dtype == torch.float32 else t.float()  # noqa: E731
         y, last = _KernelScan.apply(*(f32(t) for t in (u, delta, A, B, C, D, z, delta_bias)), delta_softplus,
-                                    None if reset is None else reset.to(torch.bool), f32(initial_state))
-        y = y.to(dtype_in)
+                                    _as_bool(reset), f32(initial_state))
+        y = y if y.dtype == dtype_in else y.to(dtype_in)
         return (y, last) if return_last_state else y
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
     u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
@@ -94,7 +94,7 @@ def selective_scan(
         delta = delta + delta_bias.to(compute)[None, :, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    reset = None if reset is None else reset.to(torch.bool)
+    reset = _as_bool(reset)
     h0 = None if initial_state is None else initial_state.to(compute)
 
     if impl == "loop":
@@ -342,7 +342,7 @@ class _KernelScan(torch.autograd.Function):
         z = None if z is None else z.contiguous()
         dt = cpu_kernel.dt_forward(lib, delta, delta_bias, delta_softplus)
         A2 = (A * _LOG2E).contiguous()
-        B_l, C_l = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (b, L, n)
+        B_l, C_l = cpu_kernel.step_rows(B.transpose(1, 2)), cpu_kernel.step_rows(C.transpose(1, 2))  # (b, L, n)
         reset = None if reset is None else reset.contiguous()
         h0 = None if h0 is None else h0.contiguous()
         y, last = cpu_kernel.scan_forward(lib, u, dt, A2, B_l, C_l, reset, h0)
@@ -362,6 +362,11 @@ class _KernelScan(torch.autograd.Function):
             du += g_u_skip
         g_delta, g_bias = cpu_kernel.dt_backward(lib, delta, delta_bias, ctx.delta_softplus, ddt)
         return du, g_delta, dA, dB.transpose(1, 2), dC.transpose(1, 2), g_D, g_z, g_bias, None, None, dh0
+
+
+def _as_bool(reset: Tensor | None) -> Tensor | None:
+    """``reset`` as bool (converting only when needed: even a no-op ``.to`` is an op dispatched per call)."""
+    return reset if reset is None or reset.dtype == torch.bool else reset.to(torch.bool)
 
 
 _WORKSPACES = threading.local()
