@@ -117,7 +117,7 @@ def _try_load() -> tuple[ctypes.CDLL | None, str | None]:
 
 # (pointer arguments, int64 arguments) of each exported function of cpu_ops.c
 _SIGNATURES = {
-    "resel_scan_forward": (9, 8), "resel_scan_backward": (16, 8),
+    "resel_scan_forward": (9, 8), "resel_scan_backward": (15, 8),
     "resel_conv_forward": (7, 5), "resel_conv_backward": (10, 5),
     "resel_gru_forward": (7, 4), "resel_gru_backward": (10, 4),
     "resel_elu_forward": (2, 1), "resel_elu_backward": (3, 1),
@@ -184,25 +184,25 @@ def step_rows(t: Tensor) -> Tensor:
     return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
 
 
-def scan_forward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A2: Tensor, B_l: Tensor, C_l: Tensor,
+def scan_forward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A: Tensor, B_l: Tensor, C_l: Tensor,
                  reset: Tensor | None, h0: Tensor | None) -> tuple[Tensor, Tensor]:
     """y (batch, d_inner, L) and the last state (batch, d_inner, d_state); B_l, C_l are (batch, L, d_state), their
     rows any stride apart (see :func:`step_rows`)."""
     batch, d_inner, length = u.shape
-    d_state = A2.shape[1]
+    d_state = A.shape[1]
     blocks = batch * -(-d_inner // LANES)
     y = u.new_empty(batch, d_inner, length)
     last = u.new_empty(batch, d_inner, d_state)
 
     def part(_k: int, begin: int, end: int) -> None:
-        lib.resel_scan_forward(_ptr(u), _ptr(dt), _ptr(A2), _ptr(B_l), _ptr(C_l), _ptr(reset), _ptr(h0), _ptr(y),
+        lib.resel_scan_forward(_ptr(u), _ptr(dt), _ptr(A), _ptr(B_l), _ptr(C_l), _ptr(reset), _ptr(h0), _ptr(y),
                                _ptr(last), batch, d_inner, length, d_state, _step_stride(B_l), _step_stride(C_l), begin, end)
 
     _run_split(part, _row_ranges(blocks))
     return y, last
 
 
-def scan_backward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A: Tensor, A2: Tensor, B_l: Tensor, C_l: Tensor,
+def scan_backward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A: Tensor, B_l: Tensor, C_l: Tensor,
                   reset: Tensor | None, h0: Tensor | None, dy: Tensor, dlast: Tensor | None) -> tuple[Tensor, ...]:
     """Gradients (du, ddt, dA, dB_l, dC_l, dh0) of the forward's (y, last) given (dy, dlast)."""
     batch, d_inner, length = u.shape
@@ -216,7 +216,7 @@ def scan_backward(lib: ctypes.CDLL, u: Tensor, dt: Tensor, A: Tensor, A2: Tensor
     dC = C_l.new_zeros(len(ranges), *C_l.shape)
 
     def part(k: int, begin: int, end: int) -> None:
-        lib.resel_scan_backward(_ptr(u), _ptr(dt), _ptr(A), _ptr(A2), _ptr(B_l), _ptr(C_l), _ptr(reset), _ptr(h0),
+        lib.resel_scan_backward(_ptr(u), _ptr(dt), _ptr(A), _ptr(B_l), _ptr(C_l), _ptr(reset), _ptr(h0),
                                 _ptr(dy), _ptr(dlast), _ptr(du), _ptr(ddt), _ptr(dA[k]), _ptr(dB[k]), _ptr(dC[k]),
                                 _ptr(dh0), batch, d_inner, length, d_state, _step_stride(B_l), _step_stride(C_l), begin, end)
 

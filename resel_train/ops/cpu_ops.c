@@ -6,8 +6,8 @@
 
    h_t = (reset_t ? 0 : exp(dt_t * A)) * h_{t-1} + dt_t * u_t * B_t,     y_t = C_t . h_t
 
-   Layouts (all float32, contiguous but B and C): u, dt, y, du, ddt: (batch, d_inner, L); A, A2 (= A * log2 e),
-   dA: (d_inner, d_state); B, C: (batch, L, d_state) with row_B, row_C floats from one step to the next (a
+   Layouts (all float32, contiguous but B and C): u, dt, y, du, ddt: (batch, d_inner, L); A, dA: (d_inner,
+   d_state), the kernels taking exp(dt A) as 2^(dt A log2 e); B, C: (batch, L, d_state) with row_B, row_C floats from one step to the next (a
    slice of a wider projection is read in place); dB, dC: (batch, L, d_state); h0, last, dlast, dh0: (batch,
    d_inner, d_state); reset: (batch, L) bytes. Optional inputs are NULL. Callers split the work over threads by ranges of
    blocks of (batch row, 16 channels); the backward sums dA over the batch and dB, dC over the channels
@@ -49,7 +49,7 @@ typedef struct {
 } Lanes;
 
 /* Gather a block's channels into lane-major buffers (zeros in unused lanes). */
-static void load_lanes(Lanes *l, const float *u, const float *dt, const float *A2, const float *h0,
+static void load_lanes(Lanes *l, const float *u, const float *dt, const float *A, const float *h0,
                        int64_t b, int64_t d0, int64_t lanes, int64_t d_inner, int64_t length, int64_t d_state) {
     memset(l->u, 0, sizeof(float) * length * LANES);
     memset(l->dt, 0, sizeof(float) * length * LANES);
@@ -62,7 +62,7 @@ static void load_lanes(Lanes *l, const float *u, const float *dt, const float *A
             l->dt[t * LANES + w] = dt[row * length + t];
         }
         for (int64_t n = 0; n < d_state; ++n) {
-            l->a2[n * LANES + w] = A2[(d0 + w) * d_state + n];
+            l->a2[n * LANES + w] = A[(d0 + w) * d_state + n] * 1.4426950408889634f; /* A log2 e */
             if (h0) l->h[n * LANES + w] = h0[row * d_state + n];
         }
     }
@@ -103,7 +103,7 @@ static void free_lanes(Lanes *l) {
     free(l->h);
 }
 
-void resel_scan_forward(const float *u, const float *dt, const float *A2, const float *B, const float *C,
+void resel_scan_forward(const float *u, const float *dt, const float *A, const float *B, const float *C,
                         const uint8_t *reset, const float *h0, float *y, float *last,
                         int64_t batch, int64_t d_inner, int64_t length, int64_t d_state, int64_t row_B,
                         int64_t row_C, int64_t block_begin, int64_t block_end) {
@@ -116,7 +116,7 @@ void resel_scan_forward(const float *u, const float *dt, const float *A2, const 
         const int64_t lanes = d_inner - d0 < LANES ? d_inner - d0 : LANES;
         const float *B_b = B + b * length * row_B, *C_b = C + b * length * row_C;
         const uint8_t *reset_b = reset ? reset + b * length : NULL;
-        load_lanes(&l, u, dt, A2, h0, b, d0, lanes, d_inner, length, d_state);
+        load_lanes(&l, u, dt, A, h0, b, d0, lanes, d_inner, length, d_state);
         for (int64_t t = 0; t < length; ++t)
             lanes_step(l.h, &l, B_b + t * row_B, C_b + t * row_C, (reset_b && reset_b[t]) ? 0.0f : 1.0f, t,
                        d_state, y_l + t * LANES);
@@ -140,8 +140,8 @@ void resel_scan_forward(const float *u, const float *dt, const float *A2, const 
    terms per lane: in float over blocks of GA_BLOCK steps, then in float64, which keeps it at 1e-7 without a
    float64 convert and add per element (those had made the backward ~1.6x slower). */
 #define GA_BLOCK 32
-void resel_scan_backward(const float *u, const float *dt, const float *A, const float *A2, const float *B,
-                         const float *C, const uint8_t *reset, const float *h0, const float *dy, const float *dlast,
+void resel_scan_backward(const float *u, const float *dt, const float *A, const float *B, const float *C,
+                         const uint8_t *reset, const float *h0, const float *dy, const float *dlast,
                          float *du, float *ddt, float *dA, float *dB, float *dC, float *dh0, int64_t batch,
                          int64_t d_inner, int64_t length, int64_t d_state, int64_t row_B, int64_t row_C,
                          int64_t block_begin, int64_t block_end) {
@@ -159,7 +159,7 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
         const int64_t lanes = d_inner - d0 < LANES ? d_inner - d0 : LANES;
         const float *B_b = B + b * length * row_B, *C_b = C + b * length * row_C;
         const uint8_t *reset_b = reset ? reset + b * length : NULL;
-        load_lanes(&l, u, dt, A2, h0, b, d0, lanes, d_inner, length, d_state);
+        load_lanes(&l, u, dt, A, h0, b, d0, lanes, d_inner, length, d_state);
         memcpy(states, l.h, sizeof(float) * plane);
         memset(dy_l, 0, sizeof(float) * length * LANES);
         memset(a_l, 0, sizeof(float) * plane);

@@ -341,23 +341,22 @@ class _KernelScan(torch.autograd.Function):
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
         z = None if z is None else z.contiguous()
         dt = cpu_kernel.dt_forward(lib, delta, delta_bias, delta_softplus)
-        A2 = (A * _LOG2E).contiguous()
         B_l, C_l = cpu_kernel.step_rows(B.transpose(1, 2)), cpu_kernel.step_rows(C.transpose(1, 2))  # (b, L, n)
         reset = None if reset is None else reset.contiguous()
         h0 = None if h0 is None else h0.contiguous()
-        y, last = cpu_kernel.scan_forward(lib, u, dt, A2, B_l, C_l, reset, h0)
+        y, last = cpu_kernel.scan_forward(lib, u, dt, A, B_l, C_l, reset, h0)
         out, y_pre = cpu_kernel.gate_forward(lib, y, u, D, z, keep=any(ctx.needs_input_grad))
-        ctx.save_for_backward(u, delta, dt, A, A2, B_l, C_l, D, z, delta_bias, y_pre, reset, h0)
+        ctx.save_for_backward(u, delta, dt, A, B_l, C_l, D, z, delta_bias, y_pre, reset, h0)
         ctx.delta_softplus = delta_softplus
         return out, last
 
     @staticmethod
     def backward(ctx, grad_out, grad_last):
-        u, delta, dt, A, A2, B_l, C_l, D, z, delta_bias, y_pre, reset, h0 = ctx.saved_tensors
+        u, delta, dt, A, B_l, C_l, D, z, delta_bias, y_pre, reset, h0 = ctx.saved_tensors
         lib = cpu_kernel.load()
         g_y, g_u_skip, g_D, g_z = cpu_kernel.gate_backward(lib, y_pre, u, D, z, grad_out.contiguous())
         dlast = None if grad_last is None else grad_last.contiguous()
-        du, ddt, dA, dB, dC, dh0 = cpu_kernel.scan_backward(lib, u, dt, A, A2, B_l, C_l, reset, h0, g_y, dlast)
+        du, ddt, dA, dB, dC, dh0 = cpu_kernel.scan_backward(lib, u, dt, A, B_l, C_l, reset, h0, g_y, dlast)
         if g_u_skip is not None:
             du += g_u_skip
         g_delta, g_bias = cpu_kernel.dt_backward(lib, delta, delta_bias, ctx.delta_softplus, ddt)
