@@ -30,7 +30,8 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-STEPS = 600  # 200 random warm-up steps, then ~400 updates: several seconds per trial, checkpoints every 100
+STEPS = 1000  # 200 random warm-up steps, then ~800 updates: long enough that a trial cannot finish between
+# its first checkpoint and the kill, even when a Ray worker outlives the group for a moment; checkpoints every 100
 SWEEP = ["sweep", "--envs", "Pendulum-V,CartPole-V", "--seeds", "2", "--steps", str(STEPS), "--num-cpus", "2",
          *TINY, "--set", "eval_every=100", "--set", "checkpoint_every=100", "--set", "log_every=100"]
 RUNS = ["Pendulum-V_mamba_s0", "Pendulum-V_mamba_s1", "CartPole-V_mamba_s0", "CartPole-V_mamba_s1"]
