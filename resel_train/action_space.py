@@ -187,8 +187,7 @@ class Box(ActionSpace):
 
     def critic_q(self, critic: Critic, obs: Tensor, act: Tensor, context: Tensor, heads: Tensor | None) -> Tensor:
         """The heads on (o, a, context)."""
-        x = torch.cat([critic.head_obs(obs), critic.head_act(act), context], dim=-1)
-        return critic.ensemble(x, heads).squeeze(-1)
+        return critic.ensemble(obs, act, context, heads).squeeze(-1)
 
     def update_noise(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
         """Standard-normal noise for a reparameterised action."""

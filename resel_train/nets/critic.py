@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from resel_train.action_space import ActionSpace
 from resel_train.nets.encoders import State, make_encoder
-from resel_train.nets.inputs import HistoryEmbedding, xavier_init
+from resel_train.nets.inputs import HistoryEmbedding, fold_projections, xavier_init
 from resel_train.ops.activations import elu, elu_members
 
 
@@ -37,17 +37,18 @@ class EnsembleLinear(nn.Module):
         return self.weight.index_select(0, index), self.bias.index_select(0, index)
 
 
-def ensemble_mlp(x: Tensor, layers: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """ELU MLPs of m members on one shared input: (N, in) -> (m, N, out), each layer's (weight, bias) stacked.
+def ensemble_mlp(x: Tensor, first: tuple[Tensor, Tensor], layers: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """ELU MLPs of m members on one shared input: (N, in) -> (m, N, out).
 
-    The first layer is one matmul against the members side by side (the input is read once and its
-    gradient is one matmul, instead of an expanded copy and m products summed); a one-value last
-    layer is a dot product, cheaper than m (N, hidden) x (hidden, 1) matmuls.
+    ``first``: the first layer's members side by side, weight (in, m * width) and bias (m * width,),
+    so it is one matmul (the input is read once and its gradient is one matmul, instead of an
+    expanded copy and m products summed); ``layers``: each later layer's (weight, bias) stacked over
+    the m members. A one-value last layer is a dot product, cheaper than m (N, hidden) x (hidden, 1)
+    matmuls.
     """
-    (w, b), *middle, (w_last, b_last) = layers
-    m, in_dim, out_dim = w.shape
-    h = torch.addmm(b.reshape(m * out_dim), x, w.transpose(0, 1).reshape(in_dim, m * out_dim))
-    h = elu_members(h, m)
+    (w_last, b_last), m = layers[-1], layers[-1][0].shape[0]
+    middle = layers[:-1]
+    h = elu_members(torch.addmm(first[1], x, first[0]), m)
     for w, b in middle:
         h = elu(torch.baddbmm(b, h, w))
     if w_last.shape[-1] == 1:
@@ -89,7 +90,8 @@ class Critic(nn.Module):
         state: State | None = None,
     ) -> Tensor:
         """Context sequence (b, L, embed) for the whole packed batch."""
-        return self.encoder(self.embedding(obs, prev_obs, prev_act, prev_rew), resets, state)[0]
+        embedding = self.embedding
+        return self.encoder(embedding.raw(obs, prev_obs, prev_act, prev_rew), resets, state, embedding.projections)[0]
 
     def q(self, obs: Tensor, act: Tensor, context: Tensor, heads: Tensor | None = None) -> Tensor:
         """Q values (..., n_heads), or (..., len(heads)) for the heads in ``heads`` only, of the action ``act`` as
@@ -98,10 +100,23 @@ class Critic(nn.Module):
 
     def q_all(self, obs: Tensor, context: Tensor, heads: Tensor | None = None) -> Tensor:
         """Discrete tasks: Q of every action, (..., n_heads or len(heads), n_actions)."""
-        return self.ensemble(torch.cat([self.head_obs(obs), context], dim=-1), heads)
+        return self.ensemble(obs, None, context, heads)
 
-    def ensemble(self, x: Tensor, heads: Tensor | None = None) -> Tensor:
-        """The ensemble MLPs (all, or the members in ``heads``) on (..., in) -> (..., members, out)."""
-        lead = x.shape[:-1]
-        out = ensemble_mlp(x.reshape(-1, x.shape[-1]), [layer.members(heads) for layer in self.layers])
+    def ensemble(self, obs: Tensor, act: Tensor | None, context: Tensor, heads: Tensor | None = None) -> Tensor:
+        """The ensemble MLPs (all, or the members in ``heads``) on ``cat([head_obs(o), head_act(a), context])``
+        (no action part when ``act`` is None): (..., members, out).
+
+        The two input projections are folded into the first layer (:func:`fold_projections`), so that
+        layer's products over the batch are as wide as the context plus the raw observation and action.
+        """
+        inputs, blocks = [obs, context], [self.head_obs, context.shape[-1]]
+        if act is not None:
+            inputs.insert(1, act)
+            blocks.insert(1, self.head_act)
+        (w, b), *layers = [layer.members(heads) for layer in self.layers]
+        m, in_dim, width = w.shape
+        first = fold_projections(w.transpose(0, 1).reshape(in_dim, m * width), b.reshape(m * width), blocks)
+        lead = context.shape[:-1]
+        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs], dim=-1)
+        out = ensemble_mlp(x, first, layers)
         return out.transpose(0, 1).reshape(*lead, out.shape[0], out.shape[-1])

@@ -14,10 +14,13 @@ be stacked in one row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resel_train.nets.inputs import fold_projections
 from resel_train.nets.mamba import MambaBlock
 from resel_train.nets.registry import encoder_spec
 from resel_train.nets.s5 import S5Layer
@@ -40,9 +43,12 @@ class ContextEncoder(nn.Module):
         self.input_more = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(input_layers - 1))
         self.output = nn.Linear(hidden, out_dim)
 
-    def embed_input(self, x: Tensor) -> Tensor:
-        """The MLP before the memory core (every layer ELU-activated)."""
-        h = elu(self.input(x))
+    def embed_input(self, x: Tensor, projections: Sequence[nn.Linear] | None = None) -> Tensor:
+        """The MLP before the memory core (every layer ELU-activated); ``projections`` as in :meth:`forward`."""
+        weight, bias = self.input.weight.t(), self.input.bias
+        if projections is not None:
+            weight, bias = fold_projections(weight, bias, projections)
+        h = elu(F.linear(x, weight.t(), bias))
         for layer in self.input_more:
             h = elu(layer(h))
         return h
@@ -61,16 +67,23 @@ class ContextEncoder(nn.Module):
     def _core_step(self, h: Tensor, reset: Tensor, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError
 
-    def forward(self, x_seq: Tensor, resets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Context embeddings of a packed sequence (batch, L, in_dim), restarting the memory where ``resets`` is 1."""
+    def forward(self, x_seq: Tensor, resets: Tensor, state: State | None = None,
+                projections: Sequence[nn.Linear] | None = None) -> tuple[Tensor, State]:
+        """Context embeddings of a packed sequence (batch, L, in_dim), restarting the memory where ``resets`` is 1.
+
+        ``projections``: the linear layers that embed ``x_seq``'s column blocks into the ``in_dim`` inputs
+        (a :class:`~resel_train.nets.inputs.HistoryEmbedding`'s); they are folded into the first layer, so
+        ``x_seq`` then holds the raw inputs.
+        """
         if state is None:
             state = self.initial_state(x_seq.shape[0], x_seq.device, x_seq.dtype)
-        h, state = self._core(self.embed_input(x_seq), resets, state)
+        h, state = self._core(self.embed_input(x_seq, projections), resets, state)
         return self.output(elu(h)), state
 
-    def step(self, x_t: Tensor, reset_t: Tensor, state: State) -> tuple[Tensor, State]:
+    def step(self, x_t: Tensor, reset_t: Tensor, state: State,
+             projections: Sequence[nn.Linear] | None = None) -> tuple[Tensor, State]:
         """One time step (batch, in_dim) from ``state``: the O(1) form a controller runs, equal to ``forward``."""
-        h, state = self._core_step(self.embed_input(x_t), reset_t, state)
+        h, state = self._core_step(self.embed_input(x_t, projections), reset_t, state)
         return self.output(elu(h)), state
 
 

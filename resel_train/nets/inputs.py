@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 
 class HistoryEmbedding(nn.Module):
-    """One ``Linear(in, embed)`` per input (o_t, o_{t-1}, a_{t-1}[, r_{t-1}]), no activation, concatenated."""
+    """One ``Linear(in, embed)`` per input (o_t, o_{t-1}, a_{t-1}[, r_{t-1}]), no activation, concatenated: what the
+    context encoder reads.
+
+    The encoder folds these projections into its first layer (:func:`fold_projections`), so it is given
+    the raw inputs (:meth:`raw`) and :attr:`projections` rather than the concatenated embeddings.
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, reward_as_input: bool, embed: int = 128) -> None:
         super().__init__()
@@ -18,12 +25,40 @@ class HistoryEmbedding(nn.Module):
         self.prev_rew = nn.Linear(1, embed) if reward_as_input else None
         self.out_dim = embed * (4 if reward_as_input else 3)
 
-    def forward(self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None) -> Tensor:
-        """The per-input projections, concatenated: (..., out_dim)."""
-        parts = [self.obs(obs), self.prev_obs(prev_obs), self.prev_act(prev_act)]
-        if self.prev_rew is not None:
-            parts.append(self.prev_rew(prev_rew))
-        return torch.cat(parts, dim=-1)
+    @property
+    def projections(self) -> list[nn.Linear]:
+        """The per-input projections in the order of :meth:`raw`'s columns and of the embedding's blocks."""
+        return [self.obs, self.prev_obs, self.prev_act] + ([self.prev_rew] if self.prev_rew is not None else [])
+
+    def raw(self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None) -> Tensor:
+        """The inputs side by side, (..., obs_dim * 2 + act_dim [+ 1]): what :attr:`projections` embed."""
+        return torch.cat([obs, prev_obs, prev_act] + ([prev_rew] if self.prev_rew is not None else []), dim=-1)
+
+
+def fold_projections(weight: Tensor, bias: Tensor, blocks: Sequence[nn.Linear | int]) -> tuple[Tensor, Tensor]:
+    """The layer ``cat([P_1(x_1), ..., c]) @ weight + bias`` rewritten as ``cat([x_1, ..., c]) @ W + b``.
+
+    ``weight`` is (in, out), multiplied from the right; ``blocks`` names its row blocks in order: the
+    ``nn.Linear`` that projected a raw input there, or the width of a block used as it is. A projection
+    P (weight (k, n), bias p) of an n-wide input becomes the (n, out) block P.weight^T @ W_block, and
+    p @ W_block moves into the bias. The same function of the same parameters (autograd takes the
+    gradients through the fold), but observations and actions are far narrower than their embeddings,
+    so the large products over the batch shrink to the context's width plus a few columns.
+    """
+    folded, start = [], 0
+    for block in blocks:
+        if isinstance(block, int):
+            folded.append(weight[start:start + block])
+            start += block
+            continue
+        rows = weight[start:start + block.out_features]
+        start += block.out_features
+        folded.append(block.weight.t() @ rows)
+        if block.bias is not None:
+            bias = bias + block.bias @ rows
+    if start != weight.shape[0]:
+        raise ValueError(f"the blocks cover {start} of the layer's {weight.shape[0]} input rows")
+    return torch.cat(folded), bias
 
 
 def xavier_init(module: nn.Module) -> None:

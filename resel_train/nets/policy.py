@@ -10,11 +10,12 @@ with the spaces.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from resel_train.action_space import ActionSpace
 from resel_train.nets.encoders import State, make_encoder
-from resel_train.nets.inputs import HistoryEmbedding, xavier_init
+from resel_train.nets.inputs import HistoryEmbedding, fold_projections, xavier_init
 from resel_train.ops.activations import ELU
 
 
@@ -47,15 +48,24 @@ class Policy(nn.Module):
         self.space = space
 
     def _head(self, obs: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        """(mean, log_std) of the Gaussian, or (logits, log_probs) of the categorical, each (..., act_dim)."""
-        return self.space.policy_head(self.head(torch.cat([self.head_obs(obs), context], dim=-1)))
+        """(mean, log_std) of the Gaussian, or (logits, log_probs) of the categorical, each (..., act_dim).
+
+        The head's MLP runs on ``cat([head_obs(o), context])``, with ``head_obs`` folded into its first
+        layer (:func:`~resel_train.nets.inputs.fold_projections`).
+        """
+        first = self.head[0]
+        weight, bias = fold_projections(first.weight.t(), first.bias, [self.head_obs, context.shape[-1]])
+        h = F.linear(torch.cat([obs, context], dim=-1), weight.t(), bias)
+        return self.space.policy_head(self.head[1:](h))
 
     def forward(
         self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None, resets: Tensor,
         state: State | None = None,
     ) -> tuple[Tensor, Tensor, State]:
         """Sequences (b, L, .) -> the head's pair (b, L, act_dim) (see ``_head``) and the final encoder state."""
-        context, state = self.encoder(self.embedding(obs, prev_obs, prev_act, prev_rew), resets, state)
+        embedding = self.embedding
+        context, state = self.encoder(embedding.raw(obs, prev_obs, prev_act, prev_rew), resets, state,
+                                      embedding.projections)
         mean, log_std = self._head(obs, context)
         return mean, log_std, state
 
@@ -64,6 +74,8 @@ class Policy(nn.Module):
     ) -> tuple[Tensor, Tensor, State]:
         """One control step, (b, .) inputs, O(1) in the episode length: the step that
         :class:`~resel_train.stepwise.StepwisePolicy` (collection, ``predict``, export, the torch backend) runs."""
-        context, state = self.encoder.step(self.embedding(obs, prev_obs, prev_act, prev_rew), reset, state)
+        embedding = self.embedding
+        context, state = self.encoder.step(embedding.raw(obs, prev_obs, prev_act, prev_rew), reset, state,
+                                           embedding.projections)
         mean, log_std = self._head(obs, context)
         return mean, log_std, state
