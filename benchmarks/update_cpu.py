@@ -2,10 +2,11 @@
 
 Per case: process-CPU milliseconds per ``Learner.update_once()`` (sample + update; CPU time rather
 than wall time, so a shared machine's descheduling does not count), aten calls per update
-(``torch.profiler``), and optionally env steps/s of a short real training run. The peer is SB3's
-SAC (MlpPolicy 256x256, batch 256) on Pendulum-v1: ms per ``model.train(gradient_steps=1)`` and
-env steps/s of ``model.learn``. Cases run interleaved, round-robin, ``--rounds`` times, and the
-medians are reported, so load changes hit every case alike. SB3 is optional (``pip install
+(``torch.profiler``, averaged over four updates: two with a policy step, two without), and
+optionally env steps/s of a short real training run. The peer is SB3's SAC (MlpPolicy 256x256,
+batch 256) on Pendulum-v1: ms per ``model.train(gradient_steps=1)`` and env steps/s of
+``model.learn``. Cases run interleaved, round-robin, ``--rounds`` times, and the medians are
+reported, so load changes hit every case alike. SB3 is optional (``pip install
 stable-baselines3``); without it the SB3 rows are skipped.
 
     python benchmarks/update_cpu.py                                   # CPU preset, every encoder + SB3
@@ -36,6 +37,8 @@ from resel_train.nets.registry import ENCODER_NAMES
 
 
 def _aten_calls(fn, reps: int) -> float:
+    """aten calls per call of ``fn``, averaged over ``reps`` calls: a multiple of the policy delay (2), since
+    an update that also steps the policy makes ~1.6x the calls of a critic-only one."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(reps):
             fn()
@@ -168,7 +171,7 @@ def main() -> None:
     for name, (case, _reps) in cases.items():
         flops = _matmul_flops(case.step)
         rows.append({"case": name, "cpu_ms_per_update": statistics.median(times[name]),
-                     "cpu_ms_all_rounds": times[name], "aten_calls_per_update": _aten_calls(case.step, 3),
+                     "cpu_ms_all_rounds": times[name], "aten_calls_per_update": _aten_calls(case.step, 4),
                      "matmul_gflop_per_update": flops / 1e9, "matmul_floor_ms": flops / rate * 1e3})
     if args.throughput_steps:
         for row in rows:

@@ -42,9 +42,14 @@ def parameter_groups(net: nn.Module, lr_other: float, lr_encoder: float) -> list
     ]
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x`` over the transition slots (``mask`` 1), so padding never counts in a loss."""
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+def mean_weights(mask: Tensor) -> Tensor:
+    """``mask`` divided by the number of transition slots: the weights of :func:`masked_mean` (one count per batch)."""
+    return mask / mask.sum().clamp(min=1.0)
+
+
+def masked_mean(x: Tensor, weights: Tensor) -> Tensor:
+    """Mean of ``x`` over the transition slots, so padding never counts in a loss; ``weights`` from :func:`mean_weights`."""
+    return (x * weights).sum()
 
 
 def make_adamw(groups: list[dict] | list[Tensor], lr: float, device: torch.device) -> torch.optim.AdamW:
@@ -175,37 +180,37 @@ class RESeL(nn.Module):
         policy_out = self.policy(*history, batch.reset)[:2] if noise.policy_step else None
         target = self.critic_target_value(batch, noise, policy_out)
         q = self.critic.q(batch.obs, batch.act, self.critic.context(*history, batch.reset))
-        critic_loss = masked_mean((q - target).pow(2).sum(-1, keepdim=True), batch.mask)
+        weights = mean_weights(batch.mask)
+        critic_loss = masked_mean((q - target).pow(2).sum(-1, keepdim=True), weights)
         self.critic_params.zero_grad()
         critic_loss.backward()
         critic_grad_norm = self.critic_params.grad_norm()
         self.critic_opt.step()
         self._polyak()
-        metrics = {"critic_loss": critic_loss.detach(), "q_mean": masked_mean(q.detach().mean(-1, keepdim=True),
-                                                                              batch.mask),
+        metrics = {"critic_loss": critic_loss.detach(), "q_mean": masked_mean(q.detach().mean(-1, keepdim=True), weights),
                    "critic_grad_norm": critic_grad_norm}
         if policy_out is not None:
-            metrics.update(self._policy_and_alpha_step(batch, policy_out, noise.policy))
+            metrics.update(self._policy_and_alpha_step(batch, weights, policy_out, noise.policy))
         return metrics
 
-    def _policy_and_alpha_step(self, batch: Batch, policy_out: tuple[Tensor, Tensor], noise: Tensor | None
-                               ) -> dict[str, Tensor]:
+    def _policy_and_alpha_step(self, batch: Batch, weights: Tensor, policy_out: tuple[Tensor, Tensor],
+                               noise: Tensor | None) -> dict[str, Tensor]:
         history = self._history(batch)
         with torch.no_grad():
             context = self.critic.context(*history, batch.reset)
         self.critic.requires_grad_(False)  # gradients reach the action (or its probabilities), not the critic
         objective, entropy = self.space.policy_terms(self.critic, policy_out, batch.obs, context, noise, self.alpha)
         self.critic.requires_grad_(True)
-        policy_loss = masked_mean(objective, batch.mask)
+        policy_loss = masked_mean(objective, weights)
         self.policy_params.zero_grad()
         policy_loss.backward()
         policy_grad_norm = self.policy_params.grad_norm()
         self.policy_opt.step()
         entropy = entropy.detach()
-        metrics = {"policy_loss": policy_loss.detach(), "entropy": masked_mean(entropy, batch.mask),
+        metrics = {"policy_loss": policy_loss.detach(), "entropy": masked_mean(entropy, weights),
                    "policy_grad_norm": policy_grad_norm}
         if self._fixed_alpha is None:
-            alpha_loss = masked_mean(self.log_alpha * (entropy - self.target_entropy), batch.mask)
+            alpha_loss = masked_mean(self.log_alpha * (entropy - self.target_entropy), weights)
             self.alpha_opt.zero_grad(set_to_none=True)
             alpha_loss.backward()
             self.alpha_opt.step()

@@ -4,25 +4,24 @@ and applying the layer (float64 references written out by hand)."""
 import pytest
 import torch
 
-from resel_train.action_space import Box
 from resel_train.nets.encoders import make_encoder
 from resel_train.nets.inputs import HistoryEmbedding, fold_projections
-from resel_train.nets.policy import Policy
 from resel_train.nets.registry import ENCODER_NAMES
 
 
 def test_fold_projections_by_hand():
-    """cat([x_1, c]) @ W + b after the fold equals cat([P(x_1), c]) @ weight + bias; a short block list is refused."""
+    """cat([x_1, x_2, c]) @ W + b after the fold equals cat([P_1(x_1), P_2(x_2), c]) @ weight + bias (P_2 without
+    a bias); blocks that do not cover the layer's rows are refused."""
     g = torch.Generator().manual_seed(2)
-    proj = torch.nn.Linear(2, 3).double()
-    weight, bias = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
-    x, c = torch.randn(6, 2, generator=g, dtype=torch.float64), torch.randn(6, 2, generator=g, dtype=torch.float64)
-    w, b = fold_projections(weight, bias, [proj, 2])
-    assert w.shape == (4, 4)
-    want = torch.cat([x @ proj.weight.t() + proj.bias, c], -1) @ weight + bias
-    torch.testing.assert_close(torch.cat([x, c], -1) @ w + b, want, rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match="cover 3 of the layer's 5"):
-        fold_projections(weight, bias, [proj])
+    p1, p2 = torch.nn.Linear(2, 3).double(), torch.nn.Linear(1, 2, bias=False).double()
+    weight, bias = torch.randn(7, 4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    x1, x2, c = (torch.randn(6, n, generator=g, dtype=torch.float64) for n in (2, 1, 2))
+    w, b = fold_projections(weight, bias, [p1, p2], 2)
+    assert w.shape == (5, 4)
+    want = torch.cat([p1(x1), p2(x2), c], -1) @ weight + bias
+    torch.testing.assert_close(torch.cat([x1, x2, c], -1) @ w + b, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="cover 5 of the layer's 7"):
+        fold_projections(weight, bias, [p1, p2])
 
 
 def _perturbed(module: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -62,19 +61,3 @@ def test_encoder_reads_raw_inputs_with_the_embedding_folded(encoder, reward_as_i
     step, _ = enc.step(emb.raw(obs[:, 0], prev_obs[:, 0], prev_act[:, 0], None if prev_rew is None else prev_rew[:, 0]),
                        resets[:, 0], state, projections=emb.projections)
     torch.testing.assert_close(step, want[:, 0], rtol=1e-7, atol=1e-7)  # the scans differ from a step in rounding
-
-
-def test_policy_head_folds_the_observation_projection():
-    """The policy's head equals its MLP on cat([head_obs(o), context]), with gradients."""
-    torch.manual_seed(0)
-    policy = _perturbed(Policy(3, Box(2), encoder="mlp", embed=8, hidden=16).double(), 4)
-    g = torch.Generator().manual_seed(5)
-    obs = torch.randn(4, 3, generator=g, dtype=torch.float64)
-    ctx = torch.randn(4, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    got = torch.cat(policy._head(obs, ctx), -1)
-    want = torch.cat(policy.space.policy_head(policy.head(torch.cat([policy.head_obs(obs), ctx], -1))), -1)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    wrt = [ctx, *policy.head_obs.parameters(), *policy.head.parameters()]
-    weights = torch.randn(got.shape, generator=g, dtype=torch.float64)
-    for a, b in zip(torch.autograd.grad((got * weights).sum(), wrt), torch.autograd.grad((want * weights).sum(), wrt)):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -109,13 +109,12 @@ class Critic(nn.Module):
         The two input projections are folded into the first layer (:func:`fold_projections`), so that
         layer's products over the batch are as wide as the context plus the raw observation and action.
         """
-        inputs, blocks = [obs, context], [self.head_obs, context.shape[-1]]
-        if act is not None:
-            inputs.insert(1, act)
-            blocks.insert(1, self.head_act)
+        inputs = [obs, context] if act is None else [obs, act, context]
+        projections = [self.head_obs] if act is None else [self.head_obs, self.head_act]
         (w, b), *layers = [layer.members(heads) for layer in self.layers]
         m, in_dim, width = w.shape
-        first = fold_projections(w.transpose(0, 1).reshape(in_dim, m * width), b.reshape(m * width), blocks)
+        first = fold_projections(w.transpose(0, 1).reshape(in_dim, m * width), b.reshape(m * width), projections,
+                                 context.shape[-1])
         lead = context.shape[:-1]
         x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs], dim=-1)
         out = ensemble_mlp(x, first, layers)

@@ -35,30 +35,24 @@ class HistoryEmbedding(nn.Module):
         return torch.cat([obs, prev_obs, prev_act] + ([prev_rew] if self.prev_rew is not None else []), dim=-1)
 
 
-def fold_projections(weight: Tensor, bias: Tensor, blocks: Sequence[nn.Linear | int]) -> tuple[Tensor, Tensor]:
-    """The layer ``cat([P_1(x_1), ..., c]) @ weight + bias`` rewritten as ``cat([x_1, ..., c]) @ W + b``.
+def fold_projections(weight: Tensor, bias: Tensor, projections: Sequence[nn.Linear], rest: int = 0
+                     ) -> tuple[Tensor, Tensor]:
+    """The layer ``cat([P_1(x_1), ..., P_k(x_k), c]) @ weight + bias`` rewritten as ``cat([x_1, ..., x_k, c]) @ W + b``.
 
-    ``weight`` is (in, out), multiplied from the right; ``blocks`` names its row blocks in order: the
-    ``nn.Linear`` that projected a raw input there, or the width of a block used as it is. A projection
-    P (weight (k, n), bias p) of an n-wide input becomes the (n, out) block P.weight^T @ W_block, and
-    p @ W_block moves into the bias. The same function of the same parameters (autograd takes the
-    gradients through the fold), but observations and actions are far narrower than their embeddings,
-    so the large products over the batch shrink to the context's width plus a few columns.
+    ``weight`` is (in, out), multiplied from the right; its first row blocks are the outputs of the
+    ``projections`` (``nn.Linear`` layers), in order, and its last ``rest`` rows take a block ``c`` used
+    as it is. A projection P (weight (k, n), bias p) of an n-wide input becomes the (n, out) block
+    P.weight^T @ W_block, and p @ W_block moves into the bias. The same function of the same parameters
+    (autograd takes the gradients through the fold), but observations and actions are far narrower than
+    their embeddings, so the large products over the batch shrink to the context's width plus a few columns.
     """
-    folded, start = [], 0
-    for block in blocks:
-        if isinstance(block, int):
-            folded.append(weight[start:start + block])
-            start += block
-            continue
-        rows = weight[start:start + block.out_features]
-        start += block.out_features
-        folded.append(block.weight.t() @ rows)
-        if block.bias is not None:
-            bias = bias + block.bias @ rows
-    if start != weight.shape[0]:
-        raise ValueError(f"the blocks cover {start} of the layer's {weight.shape[0]} input rows")
-    return torch.cat(folded), bias
+    widths = [p.out_features for p in projections]
+    if sum(widths) + rest != weight.shape[0]:
+        raise ValueError(f"the blocks cover {sum(widths) + rest} of the layer's {weight.shape[0]} input rows")
+    projected, passed = weight.split([sum(widths), rest])
+    folded = [torch.mm(p.weight.t(), rows) for p, rows in zip(projections, projected.split(widths))]
+    biases = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in projections])
+    return torch.cat([*folded, passed]), torch.addmv(bias, projected.t(), biases)
 
 
 def xavier_init(module: nn.Module) -> None:
