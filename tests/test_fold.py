@@ -35,7 +35,7 @@ def _perturbed(module: torch.nn.Module, seed: int) -> torch.nn.Module:
 @pytest.mark.parametrize("encoder", ENCODER_NAMES)
 @pytest.mark.parametrize("reward_as_input", [False, True])
 def test_encoder_reads_raw_inputs_with_the_embedding_folded(encoder, reward_as_input):
-    """encoder(raw, projections) == encoder(cat(P_i(x_i))), values and every gradient, sequence and step forms."""
+    """encoder(raw, projections) == encoder(cat(P_i(x_i))), values and every gradient; the step form agrees."""
     torch.manual_seed(0)
     emb = _perturbed(HistoryEmbedding(3, 2, reward_as_input, embed=8).double(), 1)
     enc = _perturbed(make_encoder(encoder, emb.out_dim, 8, 16).double(), 2)
@@ -46,7 +46,7 @@ def test_encoder_reads_raw_inputs_with_the_embedding_folded(encoder, reward_as_i
     resets = torch.zeros(2, 6, dtype=torch.bool)
     resets[:, 0] = resets[0, 3] = True
     inputs = [obs, prev_obs, prev_act] + ([prev_rew] if reward_as_input else [])
-    embedded = torch.cat([p(x) for p, x in zip(emb.projections, inputs)], -1)
+    embedded = torch.cat([p(x) for p, x in zip(emb.projections, inputs)], -1)  # written out: the reference
     weights = torch.randn(2, 6, 8, generator=g, dtype=torch.float64)
     params = list(emb.parameters()) + list(enc.parameters())
     got = enc(emb.raw(obs, prev_obs, prev_act, prev_rew), resets, projections=emb.projections)[0]
@@ -57,7 +57,7 @@ def test_encoder_reads_raw_inputs_with_the_embedding_folded(encoder, reward_as_i
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-    state = enc.initial_state(2, dtype=torch.float64)
-    step, _ = enc.step(emb.raw(obs[:, 0], prev_obs[:, 0], prev_act[:, 0], None if prev_rew is None else prev_rew[:, 0]),
-                       resets[:, 0], state, projections=emb.projections)
+    # the one-step form reads the embeddings unfolded (HistoryEmbedding.forward): the same first step
+    first = [x[:, 0] for x in inputs] + ([] if reward_as_input else [None])
+    step, _ = enc.step(emb(*first), resets[:, 0], enc.initial_state(2, dtype=torch.float64))
     torch.testing.assert_close(step, want[:, 0], rtol=1e-7, atol=1e-7)  # the scans differ from a step in rounding

@@ -116,6 +116,7 @@ class Critic(nn.Module):
         first = fold_projections(w.transpose(0, 1).reshape(in_dim, m * width), b.reshape(m * width), projections,
                                  context.shape[-1])
         lead = context.shape[:-1]
-        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs], dim=-1)
+        x = torch.cat(inputs, dim=-1)
+        x = x.reshape(-1, x.shape[-1])
         out = ensemble_mlp(x, first, layers)
         return out.transpose(0, 1).reshape(*lead, out.shape[0], out.shape[-1])

@@ -80,10 +80,9 @@ class ContextEncoder(nn.Module):
         h, state = self._core(self.embed_input(x_seq, projections), resets, state)
         return self.output(elu(h)), state
 
-    def step(self, x_t: Tensor, reset_t: Tensor, state: State,
-             projections: Sequence[nn.Linear] | None = None) -> tuple[Tensor, State]:
+    def step(self, x_t: Tensor, reset_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One time step (batch, in_dim) from ``state``: the O(1) form a controller runs, equal to ``forward``."""
-        h, state = self._core_step(self.embed_input(x_t, projections), reset_t, state)
+        h, state = self._core_step(self.embed_input(x_t), reset_t, state)
         return self.output(elu(h)), state
 
 

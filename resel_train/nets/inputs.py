@@ -12,8 +12,10 @@ class HistoryEmbedding(nn.Module):
     """One ``Linear(in, embed)`` per input (o_t, o_{t-1}, a_{t-1}[, r_{t-1}]), no activation, concatenated: what the
     context encoder reads.
 
-    The encoder folds these projections into its first layer (:func:`fold_projections`), so it is given
-    the raw inputs (:meth:`raw`) and :attr:`projections` rather than the concatenated embeddings.
+    Over a packed batch the encoder folds these projections into its first layer (:func:`fold_projections`),
+    so it is given the raw inputs (:meth:`raw`) and :attr:`projections`; the one-step form, at a handful of
+    rows, reads the concatenated embeddings (``forward``), where the fold's own products would cost more
+    than they save and an exported graph keeps every weight a constant.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, reward_as_input: bool, embed: int = 128) -> None:
@@ -33,6 +35,10 @@ class HistoryEmbedding(nn.Module):
     def raw(self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None) -> Tensor:
         """The inputs side by side, (..., obs_dim * 2 + act_dim [+ 1]): what :attr:`projections` embed."""
         return torch.cat([obs, prev_obs, prev_act] + ([prev_rew] if self.prev_rew is not None else []), dim=-1)
+
+    def forward(self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None) -> Tensor:
+        """The embeddings concatenated, (..., out_dim): the one-step form's input (nothing folded)."""
+        return torch.cat([p(x) for p, x in zip(self.projections, (obs, prev_obs, prev_act, prev_rew))], dim=-1)
 
 
 def fold_projections(weight: Tensor, bias: Tensor, projections: Sequence[nn.Linear], rest: int = 0

@@ -70,8 +70,6 @@ class Policy(nn.Module):
     ) -> tuple[Tensor, Tensor, State]:
         """One control step, (b, .) inputs, O(1) in the episode length: the step that
         :class:`~resel_train.stepwise.StepwisePolicy` (collection, ``predict``, export, the torch backend) runs."""
-        embedding = self.embedding
-        context, state = self.encoder.step(embedding.raw(obs, prev_obs, prev_act, prev_rew), reset, state,
-                                           embedding.projections)
+        context, state = self.encoder.step(self.embedding(obs, prev_obs, prev_act, prev_rew), reset, state)
         mean, log_std = self._head(obs, context)
         return mean, log_std, state
