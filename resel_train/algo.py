@@ -190,12 +190,12 @@ class RESeL(nn.Module):
         metrics = {"critic_loss": critic_loss.detach(), "q_mean": masked_mean(q.detach().mean(-1, keepdim=True), weights),
                    "critic_grad_norm": critic_grad_norm}
         if policy_out is not None:
-            metrics.update(self._policy_and_alpha_step(batch, weights, policy_out, noise.policy))
+            metrics.update(self._policy_and_alpha_step(batch, policy_out, noise.policy))
         return metrics
 
-    def _policy_and_alpha_step(self, batch: Batch, weights: Tensor, policy_out: tuple[Tensor, Tensor],
-                               noise: Tensor | None) -> dict[str, Tensor]:
-        history = self._history(batch)
+    def _policy_and_alpha_step(self, batch: Batch, policy_out: tuple[Tensor, Tensor], noise: Tensor | None
+                               ) -> dict[str, Tensor]:
+        history, weights = self._history(batch), mean_weights(batch.mask)
         with torch.no_grad():
             context = self.critic.context(*history, batch.reset)
         self.critic.requires_grad_(False)  # gradients reach the action (or its probabilities), not the critic

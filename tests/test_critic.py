@@ -25,7 +25,7 @@ def member_by_member(critic: Critic, obs: torch.Tensor, act: torch.Tensor | None
     return torch.stack(outs, dim=-2)  # (..., n_heads, out)
 
 
-def _inputs(critic: Critic, discrete: bool, seed: int = 0):
+def _inputs(discrete: bool, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     obs = torch.randn(2, 7, 3, generator=g, dtype=torch.float64)
     act = None if discrete else torch.randn(2, 7, 2, generator=g, dtype=torch.float64, requires_grad=True)
@@ -40,7 +40,7 @@ def test_heads_match_each_member_alone_with_gradients(discrete):
     with torch.no_grad():  # non-zero projection biases, so their fold into the first layer's bias is exercised
         for p in (critic.head_obs.bias, *([] if discrete else [critic.head_act.bias])):
             p.normal_()
-    obs, act, ctx = _inputs(critic, discrete)
+    obs, act, ctx = _inputs(discrete)
     weights = torch.randn(2, 7, 5, 2 if discrete else 1, dtype=torch.float64)
     wrt = [t for t in (act, ctx) if t is not None] + [p for n, p in critic.named_parameters()
                                                       if not n.startswith(("encoder", "embedding"))]
@@ -59,7 +59,7 @@ def test_selected_heads_equal_those_columns_of_all_heads(discrete):
     """The target computes only its random pair of heads: the same values as picking them from all heads."""
     torch.manual_seed(1)
     critic = Critic(3, Discrete(2) if discrete else Box(2), encoder="mlp", n_heads=6, embed=8, hidden=16).double()
-    obs, act, ctx = _inputs(critic, discrete, seed=1)
+    obs, act, ctx = _inputs(discrete, seed=1)
     pair = torch.tensor([4, 1])
     torch.testing.assert_close(critic.ensemble(obs, act, ctx, pair),
                                critic.ensemble(obs, act, ctx).index_select(-2, pair), rtol=1e-12, atol=1e-12)

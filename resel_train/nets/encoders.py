@@ -45,10 +45,11 @@ class ContextEncoder(nn.Module):
 
     def embed_input(self, x: Tensor, projections: Sequence[nn.Linear] | None = None) -> Tensor:
         """The MLP before the memory core (every layer ELU-activated); ``projections`` as in :meth:`forward`."""
-        weight, bias = self.input.weight.t(), self.input.bias
-        if projections is not None:
-            weight, bias = fold_projections(weight, bias, projections)
-        h = elu(F.linear(x, weight.t(), bias))
+        if projections is None:
+            h = elu(self.input(x))
+        else:
+            weight, bias = fold_projections(self.input.weight.t(), self.input.bias, projections)
+            h = elu(F.linear(x, weight.t(), bias))
         for layer in self.input_more:
             h = elu(layer(h))
         return h
