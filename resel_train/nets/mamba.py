@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from resel_train.ops import cpu_kernel
 from resel_train.ops.conv import causal_conv1d, causal_conv1d_step
+from resel_train.ops.mamba_cpu import mixer_scan
 from resel_train.ops.norms import rms_norm
 from resel_train.ops.scan import selective_scan
 
@@ -70,9 +72,14 @@ class Mamba(nn.Module):
     def forward(self, x: Tensor, reset: Tensor | None, state: MambaState | None = None) -> tuple[Tensor, MambaState]:
         """x (b, L, d_model), reset (b, L) -> y (b, L, d_model), final state."""
         conv_state, ssm_state = (None, None) if state is None else state
-        xz = self.in_proj(x).transpose(1, 2)  # (b, 2*d_inner, L)
-        xs, z = xz.chunk(2, dim=1)
         weight = self.conv1d.weight.squeeze(1)
+        xz = self.in_proj(x)  # (b, L, 2*d_inner)
+        if self.scan_impl in ("auto", "cpu") and cpu_kernel.applies_to(xz):  # one node over the CPU kernels
+            y, conv_final, ssm_final = mixer_scan(xz, weight, self.conv1d.bias, self.x_proj.weight,
+                                                  self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, reset,
+                                                  conv_state, ssm_state)
+            return self.out_proj(y.transpose(1, 2)), (conv_final, ssm_final)
+        xs, z = xz.transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, L) each
         xs, conv_final = causal_conv1d(xs, weight, self.conv1d.bias, reset, conv_state)
         xs = F.silu(xs)
         dt, B, C = self._split(self.x_proj(xs.transpose(1, 2)))
