@@ -17,7 +17,9 @@ from torch import Tensor, nn
 from resel_train.action_space import ActionSpace
 from resel_train.nets.encoders import State, make_encoder
 from resel_train.nets.inputs import HistoryEmbedding, fold_projections, xavier_init
+from resel_train.ops import ensemble_cpu
 from resel_train.ops.activations import elu, elu_members
+from resel_train.ops.ensemble_cpu import ensemble_heads
 
 
 class EnsembleLinear(nn.Module):
@@ -111,12 +113,16 @@ class Critic(nn.Module):
         """
         inputs = [obs, context] if act is None else [obs, act, context]
         projections = [self.head_obs] if act is None else [self.head_obs, self.head_act]
-        (w, b), *layers = [layer.members(heads) for layer in self.layers]
-        m, in_dim, width = w.shape
-        first = fold_projections(w.transpose(0, 1).reshape(in_dim, m * width), b.reshape(m * width), projections,
-                                 context.shape[-1])
+        layers = [layer.members(heads) for layer in self.layers]
         lead = context.shape[:-1]
         x = torch.cat(inputs, dim=-1)
         x = x.reshape(-1, x.shape[-1])
-        out = ensemble_mlp(x, first, layers)
+        if ensemble_cpu.applies(x, projections, len(layers)):  # one node over the CPU kernels
+            out = ensemble_heads(x, projections, layers)
+        else:
+            (w, b), *rest = layers
+            m, in_dim, width = w.shape
+            first = fold_projections(w.transpose(0, 1).reshape(in_dim, m * width), b.reshape(m * width),
+                                     projections, context.shape[-1])
+            out = ensemble_mlp(x, first, rest)
         return out.transpose(0, 1).reshape(*lead, out.shape[0], out.shape[-1])

@@ -1,0 +1,91 @@
+"""The critic's ensemble heads as one autograd node over the CPU kernels.
+
+The same function as ``Critic.ensemble``'s generic path: the input projections folded into the first
+layer (``nets.inputs.fold_projections``), then the members' ELU MLPs (``nets.critic.ensemble_mlp``),
+with the backward written out, fold included. At the sizes a laptop trains, the ~40 autograd nodes
+and views of that chain cost more than its arithmetic; as one node they are a fixed list of ~25 ops,
+and the weight gradients are skipped when no weight needs one (the policy step's pass through the
+critic wants the action's gradient only).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from resel_train.ops import cpu_kernel
+
+
+def applies(x: Tensor, projections: list[nn.Linear], n_layers: int) -> bool:
+    """Whether :func:`ensemble_heads` takes these inputs: the CPU kernels' float32, projections with biases, and
+    the critic's three layers."""
+    return cpu_kernel.applies_to(x) and n_layers == 3 and all(p.bias is not None for p in projections)
+
+
+def ensemble_heads(x: Tensor, projections: list[nn.Linear], layers: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """x (N, raw inputs + context) -> (members, N, out): the three layers' stacked (weight, bias) of the members
+    to run, the first one's input rows starting with the ``projections``' outputs (see ``fold_projections``)."""
+    (w1, b1), (w2, b2), (w3, b3) = layers
+    proj = [t for p in projections for t in (p.weight, p.bias)]
+    return _KernelEnsemble.apply(x, w1, b1, w2, b2, w3, b3, *proj)
+
+
+class _KernelEnsemble(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, w3, b3, *proj):
+        lib = cpu_kernel.load()
+        m, in_dim, width = w1.shape
+        p_w, p_b = proj[0::2], proj[1::2]
+        widths = [w.shape[0] for w in p_w]
+        flat = w1.transpose(0, 1).reshape(in_dim, m * width)
+        projected, passed = flat.split([sum(widths), in_dim - sum(widths)])
+        rows = projected.split(widths)
+        w_fold = torch.cat([*(torch.mm(w.t(), r) for w, r in zip(p_w, rows)), passed])
+        b_fold = torch.addmv(b1.reshape(m * width), projected.t(), torch.cat(p_b))
+        h1 = cpu_kernel.elu_members_forward(lib, torch.addmm(b_fold, x, w_fold), m)
+        h2 = cpu_kernel.elu_forward(lib, torch.baddbmm(b2, h1, w2))
+        if w3.shape[-1] == 1:  # a dot product per member: cheaper than (N, width) x (width, 1) matmuls
+            out = (h2 * w3.transpose(1, 2)).sum(-1, keepdim=True) + b3
+        else:
+            out = torch.baddbmm(b3, h2, w3)
+        ctx.save_for_backward(x, w_fold, projected, h1, h2, w2, w3, *p_w, *p_b)
+        ctx.n_proj = len(p_w)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w_fold, projected, h1, h2, w2, w3, *proj = ctx.saved_tensors
+        p_w, p_b = proj[:ctx.n_proj], proj[ctx.n_proj:]
+        lib = cpu_kernel.load()
+        m, width = h1.shape[0], h1.shape[2]
+        need = ctx.needs_input_grad
+        weights = any(need[1:])
+        g = g.contiguous()
+        if w3.shape[-1] == 1:
+            dh2 = g * w3.transpose(1, 2)
+            dw3 = (h2 * g).sum(1).unsqueeze(-1) if weights else None
+        else:
+            dh2 = torch.bmm(g, w3.transpose(1, 2))
+            dw3 = torch.bmm(h2.transpose(1, 2), g) if weights else None
+        d2 = cpu_kernel.elu_backward(lib, h2, dh2)
+        d1 = cpu_kernel.elu_members_backward(lib, h1, torch.bmm(d2, w2.transpose(1, 2)))  # (N, m * width)
+        dx = torch.mm(d1, w_fold.t()) if need[0] else None
+        if not weights:
+            return (dx,) + (None,) * (6 + 2 * ctx.n_proj)
+        db_fold = d1.sum(0)
+        dw_fold = torch.mm(x.t(), d1)  # (raw inputs + context, m * width)
+        n_raw = [w.shape[1] for w in p_w]
+        *d_folded, d_passed = dw_fold.split([*n_raw, dw_fold.shape[0] - sum(n_raw)])
+        d_rows, d_pw, d_pb = [], [], []
+        for w, b, rows, d_f in zip(p_w, p_b, projected.split([w.shape[0] for w in p_w]), d_folded):
+            # the block P^T rows and the bias term p . rows, differentiated by hand
+            d_rows.append(torch.addr(torch.mm(w, d_f), b, db_fold))
+            d_pw.append(torch.mm(rows, d_f.t()))
+            d_pb.append(torch.mv(rows, db_fold))
+        in_dim = w_fold.shape[0] - sum(n_raw) + projected.shape[0]
+        dw1 = torch.cat([*d_rows, d_passed]).reshape(in_dim, m, width).transpose(0, 1)
+        grads = [dx, dw1, db_fold.reshape(m, 1, width), torch.bmm(h1.transpose(1, 2), d2), d2.sum(1, keepdim=True),
+                 dw3, g.sum(1, keepdim=True)]
+        for d_w, d_b in zip(d_pw, d_pb):
+            grads += [d_w, d_b]
+        return tuple(grads)
