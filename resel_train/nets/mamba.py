@@ -73,13 +73,12 @@ class Mamba(nn.Module):
         """x (b, L, d_model), reset (b, L) -> y (b, L, d_model), final state."""
         conv_state, ssm_state = (None, None) if state is None else state
         weight = self.conv1d.weight.squeeze(1)
-        xz = self.in_proj(x)  # (b, L, 2*d_inner)
-        if self.scan_impl in ("auto", "cpu") and cpu_kernel.applies_to(xz):  # one node over the CPU kernels
-            y, conv_final, ssm_final = mixer_scan(xz, weight, self.conv1d.bias, self.x_proj.weight,
-                                                  self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, reset,
-                                                  conv_state, ssm_state)
-            return self.out_proj(y.transpose(1, 2)), (conv_final, ssm_final)
-        xs, z = xz.transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, L) each
+        if self.scan_impl in ("auto", "cpu") and cpu_kernel.applies_to(x):  # one node over the CPU kernels
+            y, conv_final, ssm_final = mixer_scan(x, self.in_proj.weight, weight, self.conv1d.bias, self.x_proj.weight,
+                                                  self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
+                                                  self.out_proj.weight, reset, conv_state, ssm_state)
+            return y, (conv_final, ssm_final)
+        xs, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, L) each
         xs, conv_final = causal_conv1d(xs, weight, self.conv1d.bias, reset, conv_state)
         xs = F.silu(xs)
         dt, B, C = self._split(self.x_proj(xs.transpose(1, 2)))
