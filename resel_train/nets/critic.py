@@ -110,6 +110,7 @@ class Critic(nn.Module):
 
         The two input projections are folded into the first layer (:func:`fold_projections`), so that
         layer's products over the batch are as wide as the context plus the raw observation and action.
+        On the CPU kernels the whole chain is one autograd node (``resel_train.ops.ensemble_cpu``).
         """
         inputs = [obs, context] if act is None else [obs, act, context]
         projections = [self.head_obs] if act is None else [self.head_obs, self.head_act]

@@ -13,8 +13,9 @@ torch's CPU ELU costs ~3x a vectorised exp, and its backward recomputes that exp
 alone gives the derivative. The GRU
 has no fused reset-aware CPU path in torch (``nn.GRU`` runs ~10 ops per time step there, forward
 and backward); here it is one loop per batch row over the time steps.
-``resel_train.ops.mamba_cpu`` chains the mixer's kernels (conv, scan, its prologue and epilogue) and the
-two projections between them into one autograd node, so they run without an autograd node per op.
+``resel_train.ops.mamba_cpu`` chains the mixer's kernels (conv, scan, its prologue and epilogue) and its
+projections into one autograd node, and ``resel_train.ops.ensemble_cpu`` does the same for the critic's
+ensemble heads, so neither runs an autograd node per op.
 
 The shared library is compiled on first use into ``$XDG_CACHE_HOME/resel/kernels`` (default
 ``~/.cache``), keyed by the source, the compiler and this CPU, and written atomically, so concurrent

@@ -1,8 +1,8 @@
-"""The Mamba mixer's sequence form between its two projections, as one autograd node over the CPU kernels.
+"""The Mamba mixer's sequence form as one autograd node over the CPU kernels.
 
 ``in_proj`` -> causal conv -> SiLU -> ``x_proj`` -> ``dt_proj`` -> selective scan (delta bias and softplus,
 D skip, z gate) -> ``out_proj``, as mamba-ssm's ``mamba_inner_fn`` groups them. The same function as the mixer's
-generic path (``causal_conv1d``, ``F.silu``, the two projections and ``selective_scan`` under
+generic path (the four projections, ``causal_conv1d``, ``F.silu`` and ``selective_scan`` under
 autograd, ``resel_train.nets.mamba.Mamba``), with the backward written out: on a CPU, where every
 dispatched op costs microseconds whatever its size, the chain's views, transposes and per-op
 autograd nodes had cost more than its arithmetic at the sizes a laptop trains. The products read
