@@ -85,12 +85,12 @@ class _KernelMixer(torch.autograd.Function):
         g_raw, g_dt_bias = cpu_kernel.dt_backward(lib, raw, dt_proj_bias, True, ddt)
         dt_low = x_dbl[..., :dt_rank]
         # raw = W_dt dt_low^T, x_dbl = u^T W_x^T
-        g_dt_low = torch.bmm(g_raw.transpose(1, 2), dt_proj_weight.expand(g_raw.shape[0], -1, -1))  # (b, L, dt_rank)
+        g_dt_low = torch.bmm(g_raw.transpose(1, 2), dt_proj_weight.expand(batch, -1, -1))  # (b, L, dt_rank)
         g_dt_proj = torch.bmm(g_raw, dt_low).sum(0)
         g_x_dbl = torch.cat([g_dt_low, dB, dC], dim=-1)  # (b, L, dt_rank + 2 d_state)
         g_x_proj = torch.bmm(g_x_dbl.transpose(1, 2), u.transpose(1, 2)).sum(0)
         du += du_skip
-        du.baddbmm_(x_proj_weight.t().expand(du.shape[0], -1, -1), g_x_dbl.transpose(1, 2))
+        du.baddbmm_(x_proj_weight.t().expand(batch, -1, -1), g_x_dbl.transpose(1, 2))
         g_xc = torch.ops.aten.silu_backward(du, xc)
         dfinal = None if g_conv_final is None or g_conv_final.shape[-1] == 0 else g_conv_final.contiguous()
         g_xs, g_conv_weight, g_conv_bias, g_history = cpu_kernel.conv_backward(
