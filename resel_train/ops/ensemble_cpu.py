@@ -2,10 +2,10 @@
 
 The same function as ``Critic.ensemble``'s generic path: the input projections folded into the first
 layer (``nets.inputs.fold_projections``), then the members' ELU MLPs (``nets.critic.ensemble_mlp``),
-with the backward written out, fold included. At the sizes a laptop trains, the ~40 autograd nodes
-and views of that chain cost more than its arithmetic; as one node they are a fixed list of ~25 ops,
-and the weight gradients are skipped when no weight needs one (the policy step's pass through the
-critic wants the action's gradient only).
+with the backward written out, fold included. At the sizes a laptop trains, dispatching the chain's
+autograd nodes and views is a sizeable share of its cost; as one node it is a fixed list of ops, and
+the weight gradients are skipped when no weight needs one (the policy step's pass through the critic
+wants the action's gradient only).
 """
 
 from __future__ import annotations

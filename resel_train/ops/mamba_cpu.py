@@ -5,7 +5,7 @@ D skip, z gate) -> ``out_proj``, as mamba-ssm's ``mamba_inner_fn`` groups them. 
 generic path (the four projections, ``causal_conv1d``, ``F.silu`` and ``selective_scan`` under
 autograd, ``resel_train.nets.mamba.Mamba``), with the backward written out: on a CPU, where every
 dispatched op costs microseconds whatever its size, the chain's views, transposes and per-op
-autograd nodes had cost more than its arithmetic at the sizes a laptop trains. The products read
+autograd nodes are a sizeable share of its cost at the sizes a laptop trains. The products read
 transposed operands in place (batched matmuls), so no layout copies are made between the kernels.
 """
 
