@@ -46,7 +46,7 @@ class _KernelConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, reset, initial_state):
         x, weight = x.contiguous(), weight.contiguous()
-        reset = None if reset is None else (reset if reset.dtype == torch.bool else reset.to(torch.bool)).contiguous()
+        reset = None if reset is None else cpu_kernel.as_bool(reset).contiguous()
         history = None if initial_state is None or initial_state.shape[-1] == 0 else initial_state.contiguous()
         y, final = cpu_kernel.conv_forward(cpu_kernel.load(), x, weight, None if bias is None else bias.contiguous(),
                                            reset, history)

@@ -146,6 +146,11 @@ def applies_to(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and not tracing and load() is not None
 
 
+def as_bool(reset: Tensor | None) -> Tensor | None:
+    """``reset`` as bool, converting only when needed (even a no-op ``.to`` is an op dispatched per call)."""
+    return reset if reset is None or reset.dtype == torch.bool else reset.to(torch.bool)
+
+
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -275,6 +280,32 @@ def gate_backward(lib: ctypes.CDLL, y_pre: Tensor | None, u: Tensor, D: Tensor |
     lib.resel_gate_backward(_ptr(y_pre), _ptr(u), _ptr(D), _ptr(z), _ptr(g_out), _ptr(g_y), _ptr(g_u), _ptr(g_D),
                             _ptr(g_z), g_out.shape[0] * g_out.shape[1], g_out.shape[1], g_out.shape[2])
     return g_y, g_u, g_D, g_z
+
+
+def gated_scan_forward(lib: ctypes.CDLL, u: Tensor, raw: Tensor, A: Tensor, B_l: Tensor, C_l: Tensor, D: Tensor | None,
+                       z: Tensor | None, bias: Tensor | None, softplus: bool, reset: Tensor | None, h0: Tensor | None,
+                       keep: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The scan with its prologue and epilogue: step sizes dt = softplus(raw + bias), the scan, then
+    (y + D u) * silu(z). Returns (out, last state, dt, y_pre), the last two for :func:`gated_scan_backward`
+    (``y_pre`` only when ``keep``)."""
+    dt = dt_forward(lib, raw, bias, softplus)
+    y, last = scan_forward(lib, u, dt, A, B_l, C_l, reset, h0)
+    out, y_pre = gate_forward(lib, y, u, D, z, keep)
+    return out, last, dt, y_pre
+
+
+def gated_scan_backward(lib: ctypes.CDLL, u: Tensor, raw: Tensor, dt: Tensor, A: Tensor, B_l: Tensor, C_l: Tensor,
+                        D: Tensor | None, z: Tensor | None, bias: Tensor | None, softplus: bool, y_pre: Tensor | None,
+                        reset: Tensor | None, h0: Tensor | None, g_out: Tensor, g_last: Tensor | None
+                        ) -> tuple[Tensor | None, ...]:
+    """Gradients (du, draw, dA, dB_l, dC_l, dD, dz, dbias, dh0) of :func:`gated_scan_forward` given those of its
+    output and last state."""
+    g_y, du_skip, g_D, g_z = gate_backward(lib, y_pre, u, D, z, g_out)
+    du, ddt, dA, dB, dC, dh0 = scan_backward(lib, u, dt, A, B_l, C_l, reset, h0, g_y, g_last)
+    if du_skip is not None:
+        du += du_skip
+    g_raw, g_bias = dt_backward(lib, raw, bias, softplus, ddt)
+    return du, g_raw, dA, dB, dC, g_D, g_z, g_bias, dh0
 
 
 def conv_forward(lib: ctypes.CDLL, x: Tensor, weight: Tensor, bias: Tensor | None, reset: Tensor | None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from resel_train.nets.inputs import fold_projections
 from resel_train.ops import cpu_kernel
 
 
@@ -26,22 +27,19 @@ def ensemble_heads(x: Tensor, projections: list[nn.Linear], layers: list[tuple[T
     """x (N, raw inputs + context) -> (members, N, out): the three layers' stacked (weight, bias) of the members
     to run, the first one's input rows starting with the ``projections``' outputs (see ``fold_projections``)."""
     (w1, b1), (w2, b2), (w3, b3) = layers
-    proj = [t for p in projections for t in (p.weight, p.bias)]
-    return _KernelEnsemble.apply(x, w1, b1, w2, b2, w3, b3, *proj)
+    proj = [t for p in projections for t in (p.weight, p.bias)]  # inputs of the node, so they get gradients
+    return _KernelEnsemble.apply(x, projections, w1, b1, w2, b2, w3, b3, *proj)
 
 
 class _KernelEnsemble(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, w3, b3, *proj):
+    def forward(ctx, x, projections, w1, b1, w2, b2, w3, b3, *proj):
         lib = cpu_kernel.load()
         m, in_dim, width = w1.shape
         p_w, p_b = proj[0::2], proj[1::2]
-        widths = [w.shape[0] for w in p_w]
         flat = w1.transpose(0, 1).reshape(in_dim, m * width)
-        projected, passed = flat.split([sum(widths), in_dim - sum(widths)])
-        rows = projected.split(widths)
-        w_fold = torch.cat([*(torch.mm(w.t(), r) for w, r in zip(p_w, rows)), passed])
-        b_fold = torch.addmv(b1.reshape(m * width), projected.t(), torch.cat(p_b))
+        projected = flat[:sum(w.shape[0] for w in p_w)]
+        w_fold, b_fold = fold_projections(flat, b1.reshape(m * width), projections, in_dim - projected.shape[0])
         h1 = cpu_kernel.elu_members_forward(lib, torch.addmm(b_fold, x, w_fold), m)
         h2 = cpu_kernel.elu_forward(lib, torch.baddbmm(b2, h1, w2))
         if w3.shape[-1] == 1:  # a dot product per member: cheaper than (N, width) x (width, 1) matmuls
@@ -71,7 +69,7 @@ class _KernelEnsemble(torch.autograd.Function):
         d1 = cpu_kernel.elu_members_backward(lib, h1, torch.bmm(d2, w2.transpose(1, 2)))  # (N, m * width)
         dx = torch.mm(d1, w_fold.t()) if need[0] else None
         if not weights:
-            return (dx,) + (None,) * (6 + 2 * ctx.n_proj)
+            return (dx,) + (None,) * (7 + 2 * ctx.n_proj)
         db_fold = d1.sum(0)
         dw_fold = torch.mm(x.t(), d1)  # (raw inputs + context, m * width)
         n_raw = [w.shape[1] for w in p_w]
@@ -84,7 +82,7 @@ class _KernelEnsemble(torch.autograd.Function):
             d_pb.append(torch.mv(rows, db_fold))
         in_dim = w_fold.shape[0] - sum(n_raw) + projected.shape[0]
         dw1 = torch.cat([*d_rows, d_passed]).reshape(in_dim, m, width).transpose(0, 1)
-        grads = [dx, dw1, db_fold.reshape(m, 1, width), torch.bmm(h1.transpose(1, 2), d2), d2.sum(1, keepdim=True),
+        grads = [dx, None, dw1, db_fold.reshape(m, 1, width), torch.bmm(h1.transpose(1, 2), d2), d2.sum(1, keepdim=True),
                  dw3, g.sum(1, keepdim=True)]
         for d_w, d_b in zip(d_pw, d_pb):
             grads += [d_w, d_b]

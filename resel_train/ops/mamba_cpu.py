@@ -26,7 +26,7 @@ def mixer_scan(
     """x (b, L, d_model) -> (the mixer's output (b, L, d_model), the conv window to carry (b, d_inner,
     d_conv - 1), the last scan state (b, d_inner, d_state)); the states before step 0 are zero when None.
     Float32 CPU tensors only (``cpu_kernel.applies_to``); the projections have no bias (mamba-ssm's layout)."""
-    reset = None if reset is None else (reset if reset.dtype == torch.bool else reset.to(torch.bool)).contiguous()
+    reset = None if reset is None else cpu_kernel.as_bool(reset).contiguous()
     return _KernelMixer.apply(x, in_proj_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_proj_bias,
                               A_log, D, out_proj_weight, reset, conv_state, ssm_state)
 
@@ -58,10 +58,9 @@ class _KernelMixer(torch.autograd.Function):
         B_l, C_l = _bc_rows(x_dbl, dt_rank, d_state)
         raw = torch.bmm(dt_proj_weight.expand(batch, -1, -1), x_dbl[..., :dt_rank].transpose(1, 2))  # (b, d_inner, L)
         A = -torch.exp(A_log)
-        dt = cpu_kernel.dt_forward(lib, raw, dt_proj_bias, True)
         h0 = None if ssm_state is None else ssm_state.contiguous()
-        y, last = cpu_kernel.scan_forward(lib, u, dt, A, B_l, C_l, reset, h0)
-        gated, y_pre = cpu_kernel.gate_forward(lib, y, u, D, z, keep=any(ctx.needs_input_grad))
+        gated, last, dt, y_pre = cpu_kernel.gated_scan_forward(lib, u, raw, A, B_l, C_l, D, z, dt_proj_bias, True,
+                                                               reset, h0, keep=any(ctx.needs_input_grad))
         out = torch.bmm(gated.transpose(1, 2), out_proj_weight.t().expand(batch, -1, -1))  # (b, L, d_model)
         ctx.save_for_backward(x, xs, z, xc, u, x_dbl, raw, dt, A, gated, y_pre, reset, history, h0, in_proj_weight,
                               conv_weight, x_proj_weight, dt_proj_weight, dt_proj_bias, D, out_proj_weight)
@@ -79,17 +78,15 @@ class _KernelMixer(torch.autograd.Function):
         g_out = g_out.contiguous()
         g_out_proj = torch.bmm(g_out.transpose(1, 2), gated.transpose(1, 2)).sum(0)  # out = gated^T W_out^T
         g_gated = torch.bmm(out_proj_weight.t().expand(batch, -1, -1), g_out.transpose(1, 2))  # (b, d_inner, L)
-        g_y, du_skip, g_D, g_z = cpu_kernel.gate_backward(lib, y_pre, u, D, z, g_gated)
-        dlast = None if g_last is None else g_last.contiguous()
-        du, ddt, dA, dB, dC, dh0 = cpu_kernel.scan_backward(lib, u, dt, A, B_l, C_l, reset, h0, g_y, dlast)
-        g_raw, g_dt_bias = cpu_kernel.dt_backward(lib, raw, dt_proj_bias, True, ddt)
+        du, g_raw, dA, dB, dC, g_D, g_z, g_dt_bias, dh0 = cpu_kernel.gated_scan_backward(
+            lib, u, raw, dt, A, B_l, C_l, D, z, dt_proj_bias, True, y_pre, reset, h0, g_gated,
+            None if g_last is None else g_last.contiguous())
         dt_low = x_dbl[..., :dt_rank]
         # raw = W_dt dt_low^T, x_dbl = u^T W_x^T
         g_dt_low = torch.bmm(g_raw.transpose(1, 2), dt_proj_weight.expand(batch, -1, -1))  # (b, L, dt_rank)
         g_dt_proj = torch.bmm(g_raw, dt_low).sum(0)
         g_x_dbl = torch.cat([g_dt_low, dB, dC], dim=-1)  # (b, L, dt_rank + 2 d_state)
         g_x_proj = torch.bmm(g_x_dbl.transpose(1, 2), u.transpose(1, 2)).sum(0)
-        du += du_skip
         du.baddbmm_(x_proj_weight.t().expand(batch, -1, -1), g_x_dbl.transpose(1, 2))
         g_xc = torch.ops.aten.silu_backward(du, xc)
         dfinal = None if g_conv_final is None or g_conv_final.shape[-1] == 0 else g_conv_final.contiguous()

@@ -85,7 +85,7 @@ def selective_scan(
     if impl == "cpu":  # the kernel applies the delta bias and softplus, the D skip and the z gate itself
         f32 = lambda t: t if t is None or t.dtype == torch.float32 else t.float()  # noqa: E731
         y, last = _KernelScan.apply(*(f32(t) for t in (u, delta, A, B, C, D, z, delta_bias)), delta_softplus,
-                                    _as_bool(reset), f32(initial_state))
+                                    cpu_kernel.as_bool(reset), f32(initial_state))
         y = y if y.dtype == dtype_in else y.to(dtype_in)
         return (y, last) if return_last_state else y
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
@@ -94,7 +94,7 @@ def selective_scan(
         delta = delta + delta_bias.to(compute)[None, :, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    reset = _as_bool(reset)
+    reset = cpu_kernel.as_bool(reset)
     h0 = None if initial_state is None else initial_state.to(compute)
 
     if impl == "loop":
@@ -340,12 +340,11 @@ class _KernelScan(torch.autograd.Function):
         lib = cpu_kernel.load()
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
         z = None if z is None else z.contiguous()
-        dt = cpu_kernel.dt_forward(lib, delta, delta_bias, delta_softplus)
         B_l, C_l = cpu_kernel.step_rows(B.transpose(1, 2)), cpu_kernel.step_rows(C.transpose(1, 2))  # (b, L, n)
         reset = None if reset is None else reset.contiguous()
         h0 = None if h0 is None else h0.contiguous()
-        y, last = cpu_kernel.scan_forward(lib, u, dt, A, B_l, C_l, reset, h0)
-        out, y_pre = cpu_kernel.gate_forward(lib, y, u, D, z, keep=any(ctx.needs_input_grad))
+        out, last, dt, y_pre = cpu_kernel.gated_scan_forward(lib, u, delta, A, B_l, C_l, D, z, delta_bias, delta_softplus,
+                                                             reset, h0, keep=any(ctx.needs_input_grad))
         ctx.save_for_backward(u, delta, dt, A, B_l, C_l, D, z, delta_bias, y_pre, reset, h0)
         ctx.delta_softplus = delta_softplus
         return out, last
@@ -354,18 +353,10 @@ class _KernelScan(torch.autograd.Function):
     def backward(ctx, grad_out, grad_last):
         u, delta, dt, A, B_l, C_l, D, z, delta_bias, y_pre, reset, h0 = ctx.saved_tensors
         lib = cpu_kernel.load()
-        g_y, g_u_skip, g_D, g_z = cpu_kernel.gate_backward(lib, y_pre, u, D, z, grad_out.contiguous())
-        dlast = None if grad_last is None else grad_last.contiguous()
-        du, ddt, dA, dB, dC, dh0 = cpu_kernel.scan_backward(lib, u, dt, A, B_l, C_l, reset, h0, g_y, dlast)
-        if g_u_skip is not None:
-            du += g_u_skip
-        g_delta, g_bias = cpu_kernel.dt_backward(lib, delta, delta_bias, ctx.delta_softplus, ddt)
+        du, g_delta, dA, dB, dC, g_D, g_z, g_bias, dh0 = cpu_kernel.gated_scan_backward(
+            lib, u, delta, dt, A, B_l, C_l, D, z, delta_bias, ctx.delta_softplus, y_pre, reset, h0,
+            grad_out.contiguous(), None if grad_last is None else grad_last.contiguous())
         return du, g_delta, dA, dB.transpose(1, 2), dC.transpose(1, 2), g_D, g_z, g_bias, None, None, dh0
-
-
-def _as_bool(reset: Tensor | None) -> Tensor | None:
-    """``reset`` as bool (converting only when needed: even a no-op ``.to`` is an op dispatched per call)."""
-    return reset if reset is None or reset.dtype == torch.bool else reset.to(torch.bool)
 
 
 _WORKSPACES = threading.local()
