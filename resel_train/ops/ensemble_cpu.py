@@ -38,21 +38,21 @@ class _KernelEnsemble(torch.autograd.Function):
         m, in_dim, width = w1.shape
         p_w, p_b = proj[0::2], proj[1::2]
         flat = w1.transpose(0, 1).reshape(in_dim, m * width)
-        projected = flat[:sum(w.shape[0] for w in p_w)]
-        w_fold, b_fold = fold_projections(flat, b1.reshape(m * width), projections, in_dim - projected.shape[0])
+        w_fold, b_fold = fold_projections(flat, b1.reshape(m * width), projections,
+                                          in_dim - sum(w.shape[0] for w in p_w))
         h1 = cpu_kernel.elu_members_forward(lib, torch.addmm(b_fold, x, w_fold), m)
         h2 = cpu_kernel.elu_forward(lib, torch.baddbmm(b2, h1, w2))
         if w3.shape[-1] == 1:  # a dot product per member: cheaper than (N, width) x (width, 1) matmuls
             out = (h2 * w3.transpose(1, 2)).sum(-1, keepdim=True) + b3
         else:
             out = torch.baddbmm(b3, h2, w3)
-        ctx.save_for_backward(x, w_fold, projected, h1, h2, w2, w3, *p_w, *p_b)
+        ctx.save_for_backward(x, w_fold, flat, h1, h2, w2, w3, *p_w, *p_b)
         ctx.n_proj = len(p_w)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, w_fold, projected, h1, h2, w2, w3, *proj = ctx.saved_tensors
+        x, w_fold, flat, h1, h2, w2, w3, *proj = ctx.saved_tensors
         p_w, p_b = proj[:ctx.n_proj], proj[ctx.n_proj:]
         lib = cpu_kernel.load()
         m, width = h1.shape[0], h1.shape[2]
@@ -75,13 +75,13 @@ class _KernelEnsemble(torch.autograd.Function):
         n_raw = [w.shape[1] for w in p_w]
         *d_folded, d_passed = dw_fold.split([*n_raw, dw_fold.shape[0] - sum(n_raw)])
         d_rows, d_pw, d_pb = [], [], []
-        for w, b, rows, d_f in zip(p_w, p_b, projected.split([w.shape[0] for w in p_w]), d_folded):
+        widths = [w.shape[0] for w in p_w]
+        for w, b, rows, d_f in zip(p_w, p_b, flat.split([*widths, flat.shape[0] - sum(widths)]), d_folded):
             # the block P^T rows and the bias term p . rows, differentiated by hand
             d_rows.append(torch.addr(torch.mm(w, d_f), b, db_fold))
             d_pw.append(torch.mm(rows, d_f.t()))
             d_pb.append(torch.mv(rows, db_fold))
-        in_dim = w_fold.shape[0] - sum(n_raw) + projected.shape[0]
-        dw1 = torch.cat([*d_rows, d_passed]).reshape(in_dim, m, width).transpose(0, 1)
+        dw1 = torch.cat([*d_rows, d_passed]).reshape(flat.shape[0], m, width).transpose(0, 1)
         grads = [dx, None, dw1, db_fold.reshape(m, 1, width), torch.bmm(h1.transpose(1, 2), d2), d2.sum(1, keepdim=True),
                  dw3, g.sum(1, keepdim=True)]
         for d_w, d_b in zip(d_pw, d_pb):
