@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from resel_train.nets.encoders import make_encoder
-from resel_train.nets.inputs import HistoryEmbedding, fold_projections
+from resel_train.nets.inputs import HistoryEmbedding
+from resel_train.ops.fold import fold_projections
 from resel_train.nets.registry import ENCODER_NAMES
 
 

@@ -16,10 +16,11 @@ from torch import Tensor, nn
 
 from resel_train.action_space import ActionSpace
 from resel_train.nets.encoders import State, make_encoder
-from resel_train.nets.inputs import HistoryEmbedding, fold_projections, xavier_init
+from resel_train.nets.inputs import HistoryEmbedding, xavier_init
 from resel_train.ops import ensemble_cpu
 from resel_train.ops.activations import elu, elu_members
 from resel_train.ops.ensemble_cpu import ensemble_heads
+from resel_train.ops.fold import fold_projections
 
 
 class EnsembleLinear(nn.Module):

@@ -20,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resel_train.nets.inputs import fold_projections
+from resel_train.ops.fold import fold_projections
 from resel_train.nets.mamba import MambaBlock
 from resel_train.nets.registry import encoder_spec
 from resel_train.nets.s5 import S5Layer
 from resel_train.nets.segments import segment_layout
 from resel_train.ops import cpu_kernel
+from resel_train.ops.mamba_cpu import EncoderLayout, encoder_scan
 from resel_train.ops.activations import elu
 
 State = tuple[Tensor, ...]
@@ -116,6 +117,27 @@ class MambaEncoder(ContextEncoder):
     def state_names(self) -> list[str]:
         """``blockI.conv`` and ``blockI.ssm`` per block."""
         return [f"block{i}.{kind}" for i in range(len(self.blocks)) for kind in ("conv", "ssm")]
+
+    def forward(self, x_seq: Tensor, resets: Tensor, state: State | None = None,
+                projections: Sequence[nn.Linear] | None = None) -> tuple[Tensor, State]:
+        """As :meth:`ContextEncoder.forward`; on the CPU kernels the whole encoder is one autograd node
+        (``resel_train.ops.mamba_cpu.encoder_scan``), elsewhere the modules run op by op."""
+        if not (cpu_kernel.applies_to(x_seq) and all(b.mixer.scan_impl in ("auto", "cpu") for b in self.blocks)):
+            return super().forward(x_seq, resets, state, projections)
+        projections = tuple(projections or ())
+        layout = EncoderLayout(projections, len(self.input_more), len(self.blocks), self.blocks[0].ff_norm.eps)
+        tensors: list[Tensor | None] = [self.input.weight, self.input.bias]
+        tensors += [t for p in projections for t in (p.weight, p.bias)]
+        tensors += [t for layer in self.input_more for t in (layer.weight, layer.bias)]
+        for i, block in enumerate(self.blocks):
+            m = block.mixer
+            tensors += [block.norm.weight, block.norm_eps, m.in_proj.weight, m.conv1d.weight, m.conv1d.bias,
+                        m.x_proj.weight, m.dt_proj.weight, m.dt_proj.bias, m.A_log, m.D, m.out_proj.weight,
+                        block.ff_in.weight, block.ff_in.bias, block.ff_out.weight, block.ff_out.bias,
+                        block.ff_norm.weight, block.ff_norm.bias]
+            tensors += [None, None] if state is None else [state[2 * i], state[2 * i + 1]]
+        tensors += [self.output.weight, self.output.bias]
+        return encoder_scan(x_seq, resets, layout, tensors)
 
     def _core(self, h, resets, state):
         new_state: list[Tensor] = []

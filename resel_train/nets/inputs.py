@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
@@ -12,7 +10,7 @@ class HistoryEmbedding(nn.Module):
     """One ``Linear(in, embed)`` per input (o_t, o_{t-1}, a_{t-1}[, r_{t-1}]), no activation, concatenated: what the
     context encoder reads.
 
-    Over a packed batch the encoder folds these projections into its first layer (:func:`fold_projections`),
+    Over a packed batch the encoder folds these projections into its first layer (:func:`~resel_train.ops.fold.fold_projections`),
     so it is given the raw inputs (:meth:`raw`) and :attr:`projections`; the one-step form, at a handful of
     rows, reads the concatenated embeddings (``forward``), where the fold's own products would cost more
     than they save and an exported graph keeps every weight a constant.
@@ -39,26 +37,6 @@ class HistoryEmbedding(nn.Module):
     def forward(self, obs: Tensor, prev_obs: Tensor, prev_act: Tensor, prev_rew: Tensor | None) -> Tensor:
         """The embeddings concatenated, (..., out_dim): the one-step form's input (nothing folded)."""
         return torch.cat([p(x) for p, x in zip(self.projections, (obs, prev_obs, prev_act, prev_rew))], dim=-1)
-
-
-def fold_projections(weight: Tensor, bias: Tensor, projections: Sequence[nn.Linear], rest: int = 0
-                     ) -> tuple[Tensor, Tensor]:
-    """The layer ``cat([P_1(x_1), ..., P_k(x_k), c]) @ weight + bias`` rewritten as ``cat([x_1, ..., x_k, c]) @ W + b``.
-
-    ``weight`` is (in, out), multiplied from the right; its first row blocks are the outputs of the
-    ``projections`` (``nn.Linear`` layers), in order, and its last ``rest`` rows take a block ``c`` used
-    as it is. A projection P (weight (k, n), bias p) of an n-wide input becomes the (n, out) block
-    P.weight^T @ W_block, and p @ W_block moves into the bias. The same function of the same parameters
-    (autograd takes the gradients through the fold), but observations and actions are far narrower than
-    their embeddings, so the large products over the batch shrink to the context's width plus a few columns.
-    """
-    widths = [p.out_features for p in projections]
-    if sum(widths) + rest != weight.shape[0]:
-        raise ValueError(f"the blocks cover {sum(widths) + rest} of the layer's {weight.shape[0]} input rows")
-    projected, passed = weight.split([sum(widths), rest])
-    folded = [torch.mm(p.weight.t(), rows) for p, rows in zip(projections, projected.split(widths))]
-    biases = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in projections])
-    return torch.cat([*folded, passed]), torch.addmv(bias, projected.t(), biases)
 
 
 def xavier_init(module: nn.Module) -> None:

@@ -1,7 +1,7 @@
 """The critic's ensemble heads as one autograd node over the CPU kernels.
 
 The same function as ``Critic.ensemble``'s generic path: the input projections folded into the first
-layer (``nets.inputs.fold_projections``), then the members' ELU MLPs (``nets.critic.ensemble_mlp``),
+layer (``ops.fold.fold_projections``), then the members' ELU MLPs (``nets.critic.ensemble_mlp``),
 with the backward written out, fold included. At the sizes a laptop trains, dispatching the chain's
 autograd nodes and views is a sizeable share of its cost; as one node it is a fixed list of ops, and
 the weight gradients are skipped when no weight needs one (the policy step's pass through the critic
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from resel_train.nets.inputs import fold_projections
 from resel_train.ops import cpu_kernel
+from resel_train.ops.fold import fold_backward, fold_projections
 
 
 def applies(x: Tensor, projections: list[nn.Linear], n_layers: int) -> bool:
@@ -71,17 +71,8 @@ class _KernelEnsemble(torch.autograd.Function):
         if not weights:
             return (dx,) + (None,) * (7 + 2 * ctx.n_proj)
         db_fold = d1.sum(0)
-        dw_fold = torch.mm(x.t(), d1)  # (raw inputs + context, m * width)
-        n_raw = [w.shape[1] for w in p_w]
-        *d_folded, d_passed = dw_fold.split([*n_raw, dw_fold.shape[0] - sum(n_raw)])
-        d_rows, d_pw, d_pb = [], [], []
-        widths = [w.shape[0] for w in p_w]
-        for w, b, rows, d_f in zip(p_w, p_b, flat.split([*widths, flat.shape[0] - sum(widths)]), d_folded):
-            # the block P^T rows and the bias term p . rows, differentiated by hand
-            d_rows.append(torch.addr(torch.mm(w, d_f), b, db_fold))
-            d_pw.append(torch.mm(rows, d_f.t()))
-            d_pb.append(torch.mv(rows, db_fold))
-        dw1 = torch.cat([*d_rows, d_passed]).reshape(flat.shape[0], m, width).transpose(0, 1)
+        d_flat, d_pw, d_pb = fold_backward(flat, list(zip(p_w, p_b)), torch.mm(x.t(), d1), db_fold)
+        dw1 = d_flat.reshape(flat.shape[0], m, width).transpose(0, 1)
         grads = [dx, None, dw1, db_fold.reshape(m, 1, width), torch.bmm(h1.transpose(1, 2), d2), d2.sum(1, keepdim=True),
                  dw3, g.sum(1, keepdim=True)]
         for d_w, d_b in zip(d_pw, d_pb):
