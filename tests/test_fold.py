@@ -6,8 +6,8 @@ import torch
 
 from resel_train.nets.encoders import make_encoder
 from resel_train.nets.inputs import HistoryEmbedding
-from resel_train.ops.fold import fold_projections
 from resel_train.nets.registry import ENCODER_NAMES
+from resel_train.ops.fold import fold_projections
 
 
 def test_fold_projections_by_hand():

@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from resel_train.ops.fold import fold_projections
 from resel_train.nets.mamba import MambaBlock
 from resel_train.nets.registry import encoder_spec
 from resel_train.nets.s5 import S5Layer
 from resel_train.nets.segments import segment_layout
 from resel_train.ops import cpu_kernel
-from resel_train.ops.mamba_cpu import EncoderLayout, encoder_scan
 from resel_train.ops.activations import elu
+from resel_train.ops.fold import fold_projections
+from resel_train.ops.mamba_cpu import EncoderLayout, encoder_scan
 
 State = tuple[Tensor, ...]
 

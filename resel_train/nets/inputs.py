@@ -10,10 +10,11 @@ class HistoryEmbedding(nn.Module):
     """One ``Linear(in, embed)`` per input (o_t, o_{t-1}, a_{t-1}[, r_{t-1}]), no activation, concatenated: what the
     context encoder reads.
 
-    Over a packed batch the encoder folds these projections into its first layer (:func:`~resel_train.ops.fold.fold_projections`),
-    so it is given the raw inputs (:meth:`raw`) and :attr:`projections`; the one-step form, at a handful of
-    rows, reads the concatenated embeddings (``forward``), where the fold's own products would cost more
-    than they save and an exported graph keeps every weight a constant.
+    Over a packed batch the encoder folds these projections into its first layer
+    (:func:`~resel_train.ops.fold.fold_projections`), so it is given the raw inputs (:meth:`raw`) and
+    :attr:`projections`; the one-step form, at a handful of rows, reads the concatenated embeddings
+    (``forward``), where the fold's own products would cost more than they save and an exported graph
+    keeps every weight a constant.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, reward_as_input: bool, embed: int = 128) -> None:

@@ -183,7 +183,7 @@ class _KernelMambaEncoder(torch.autograd.Function):
         else:
             w_fold, b_fold = w_in.t(), b_in
         hs = [cpu_kernel.elu_forward(lib, torch.addmm(b_fold, rows, w_fold))]  # each input layer's output
-        for i in range(layout.input_more):
+        for _ in range(layout.input_more):
             hs.append(cpu_kernel.elu_forward(lib, _linear(hs[-1], tensors[k], tensors[k + 1])))
             k += 2
         h, saved, metas, finals, spans = hs[-1], [rows, w_fold, *hs], [], [], []
