@@ -149,6 +149,7 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
     const int64_t per_row = (d_inner + LANES - 1) / LANES, plane = d_state * LANES;
     Lanes l = alloc_lanes(length, d_state);
     float *states = malloc(sizeof(float) * (length + 1) * plane); /* plane 0: h_{-1}; plane t + 1: h_t */
+    float *decays = malloc(sizeof(float) * length * plane);       /* plane t: exp(dt_t A), 0 at a reset */
     float *dy_l = malloc(sizeof(float) * length * LANES), *a_l = malloc(sizeof(float) * plane);
     float *g = malloc(sizeof(float) * plane), *g_A_block = malloc(sizeof(float) * plane);
     float *du_l = malloc(sizeof(float) * length * LANES), *ddt_l = malloc(sizeof(float) * length * LANES);
@@ -172,18 +173,30 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
                 if (dlast) g[n * LANES + w] = dlast[row * d_state + n];
             }
         }
-        for (int64_t t = 0; t < length; ++t) { /* recompute the states */
-            memcpy(states + (t + 1) * plane, states + t * plane, sizeof(float) * plane);
-            lanes_step(states + (t + 1) * plane, &l, B_b + t * row_B, C_b + t * row_C,
-                       (reset_b && reset_b[t]) ? 0.0f : 1.0f, t, d_state, NULL);
+        for (int64_t t = 0; t < length; ++t) { /* recompute the states, keeping each step's decays */
+            const float keep = (reset_b && reset_b[t]) ? 0.0f : 1.0f;
+            const float *dt_t = l.dt + t * LANES, *u_t = l.u + t * LANES, *B_t = B_b + t * row_B;
+            const float *prev = states + t * plane;
+            float *next = states + (t + 1) * plane, *decay_t = decays + t * plane;
+            float x[LANES];
+            for (int w = 0; w < LANES; ++w) x[w] = dt_t[w] * u_t[w];
+            for (int64_t n = 0; n < d_state; ++n) {
+                const float Bn = B_t[n];
+                const int64_t o = n * LANES;
+#pragma omp simd
+                for (int w = 0; w < LANES; ++w) {
+                    const float decay = keep * exp2_clamped(dt_t[w] * l.a2[o + w]);
+                    decay_t[o + w] = decay;
+                    next[o + w] = decay * prev[o + w] + x[w] * Bn;
+                }
+            }
         }
         memset(g_A, 0, sizeof(double) * plane);
         memset(g_A_block, 0, sizeof(float) * plane);
         for (int64_t t = length - 1; t >= 0; --t) { /* g: grad w.r.t. h_t, then h_{t-1} */
-            const float keep = (reset_b && reset_b[t]) ? 0.0f : 1.0f;
             const float *dt_t = l.dt + t * LANES, *u_t = l.u + t * LANES, *gy = dy_l + t * LANES;
             const float *B_t = B_b + t * row_B, *C_t = C_b + t * row_C;
-            const float *prev = states + t * plane;
+            const float *prev = states + t * plane, *decay_t = decays + t * plane;
             float *dB_t = dB_acc + t * plane, *dC_t = dC_acc + t * plane;
             float x[LANES], g_x[LANES], g_delta[LANES];
             for (int w = 0; w < LANES; ++w) {
@@ -197,7 +210,7 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
 #pragma omp simd
                 for (int w = 0; w < LANES; ++w) {
                     const float gn = g[o + w] + gy[w] * Cn;
-                    const float decay = keep * exp2_clamped(dt_t[w] * l.a2[o + w]);
+                    const float decay = decay_t[o + w];
                     const float carried = prev[o + w] * decay, h = carried + x[w] * Bn; /* h_t again */
                     const float g_log_decay = gn * carried; /* grad w.r.t. dt_t * A[n] */
                     dC_t[o + w] += gy[w] * h;
@@ -255,6 +268,7 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
     free(g);
     free(a_l);
     free(dy_l);
+    free(decays);
     free(states);
     free_lanes(&l);
 }
