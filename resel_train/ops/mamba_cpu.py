@@ -58,10 +58,11 @@ def _mixer_forward(lib, x: Tensor, weights: Sequence[Tensor | None], reset: Tens
     batch, length, d_model = x.shape
     d_inner = conv_weight.shape[0]
     x = x.contiguous()
-    xz = torch.mm(x.view(-1, d_model), in_proj_weight.t()).view(batch, length, 2 * d_inner)
     dt_rank, d_state = dt_proj_weight.shape[1], A_log.shape[1]
-    xs = xz[..., :d_inner].transpose(1, 2).contiguous()  # (b, d_inner, L), as the conv kernel reads it
-    z = xz[..., d_inner:].transpose(1, 2).contiguous()
+    # (b, d_inner, L) each, as the conv and gate kernels read them: W x^T made in that layout (two products
+    # cost less than one and the two transposing copies after it)
+    xs = torch.bmm(in_proj_weight[:d_inner].expand(batch, -1, -1), x.transpose(1, 2))
+    z = torch.bmm(in_proj_weight[d_inner:].expand(batch, -1, -1), x.transpose(1, 2))
     conv_weight = conv_weight.contiguous()
     history = None if conv_state is None or conv_state.shape[-1] == 0 else conv_state.contiguous()
     xc, conv_final = cpu_kernel.conv_forward(lib, xs, conv_weight, conv_bias, reset, history)
@@ -106,9 +107,9 @@ def _mixer_backward(lib, saved: Sequence[Tensor | None], meta: _MixerMeta, g_out
     dfinal = None if g_conv_final is None or g_conv_final.shape[-1] == 0 else g_conv_final.contiguous()
     g_xs, g_conv_weight, g_conv_bias, g_history = cpu_kernel.conv_backward(
         lib, xs, conv_weight, meta.has_conv_bias, reset, history, g_xc, dfinal)
-    g_xz = torch.cat([g_xs.transpose(1, 2), g_z.transpose(1, 2)], dim=2).view(batch * length, -1)
-    g_x = torch.mm(g_xz, in_proj_weight).view(batch, length, d_model)
-    g_in_proj = torch.mm(g_xz.t(), x.view(batch * length, d_model))
+    g_xz = torch.cat([g_xs, g_z], dim=1)  # (b, 2 d_inner, L)
+    g_x = torch.bmm(g_xz.transpose(1, 2), in_proj_weight.expand(batch, -1, -1))  # (b, L, d_model)
+    g_in_proj = torch.bmm(g_xz, x).sum(0)
     g_conv_state = None
     if meta.conv_state_shape is not None:  # a (b, d, 0) window (d_conv 1): nothing flows back
         g_conv_state = g_history if g_history is not None else xs.new_zeros(meta.conv_state_shape)
