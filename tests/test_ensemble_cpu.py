@@ -26,7 +26,12 @@ def _critic(discrete: bool) -> Critic:
 @pytest.mark.parametrize("discrete", [False, True])
 @pytest.mark.parametrize("heads", [None, [4, 1]])
 @pytest.mark.parametrize("frozen", [False, True])
-def test_cpu_node_equals_the_generic_heads(discrete, heads, frozen):
+@pytest.mark.parametrize("context_grad", [True, False])
+def test_cpu_node_equals_the_generic_heads(discrete, heads, frozen, context_grad):
+    """``context_grad`` False: only the action needs a gradient, as in the policy step (the node then takes the
+    action's own rows of the folded weight)."""
+    if discrete and frozen and not context_grad:
+        pytest.skip("nothing would need a gradient: a Discrete head has no action input")
     critic = _critic(discrete)
     reference = copy.deepcopy(critic).double()  # float64: the generic path, folded under autograd
     g = torch.Generator().manual_seed(1)
@@ -39,7 +44,7 @@ def test_cpu_node_equals_the_generic_heads(discrete, heads, frozen):
         net.requires_grad_(not frozen)
         o = obs.to(dtype)
         a = None if act is None else act.to(dtype).requires_grad_()
-        c = ctx.to(dtype).requires_grad_()
+        c = ctx.to(dtype).requires_grad_(context_grad)
         x = torch.cat([o] + ([] if a is None else [a]) + [c], -1).reshape(-1, o.shape[-1] + c.shape[-1]
                                                                           + (0 if a is None else a.shape[-1]))
         assert ensemble_cpu.applies(x, [net.head_obs], 3) == (dtype == torch.float32)
@@ -49,7 +54,8 @@ def test_cpu_node_equals_the_generic_heads(discrete, heads, frozen):
         wrt = [t for t in wrt if t.requires_grad]
         grads = torch.autograd.grad((out * weights).sum(), wrt, allow_unused=True)
         results.append([out.double()] + [None if t is None else t.double() for t in grads])
-    assert len(results[0]) == 1 + (1 if discrete else 2) + (0 if frozen else len(list(critic.parameters())))
+    n_inputs = (0 if discrete else 1) + (1 if context_grad else 0)
+    assert len(results[0]) == 1 + n_inputs + (0 if frozen else len(list(critic.parameters())))
     for got, want in zip(*results):
         assert (got is None) == (want is None)
         if got is not None:

@@ -117,11 +117,11 @@ class Critic(nn.Module):
         projections = [self.head_obs] if act is None else [self.head_obs, self.head_act]
         layers = [layer.members(heads) for layer in self.layers]
         lead = context.shape[:-1]
-        x = torch.cat(inputs, dim=-1)
-        x = x.reshape(-1, x.shape[-1])
-        if ensemble_cpu.applies(x, projections, len(layers)):  # one node over the CPU kernels
-            out = ensemble_heads(x, projections, layers)
+        if ensemble_cpu.applies(context, projections, len(layers)):  # one node over the CPU kernels
+            out = ensemble_heads(inputs, projections, layers)
         else:
+            x = torch.cat(inputs, dim=-1)
+            x = x.reshape(-1, x.shape[-1])
             (w, b), *rest = layers
             m, in_dim, width = w.shape
             first = fold_projections(w.transpose(0, 1).reshape(in_dim, m * width), b.reshape(m * width),

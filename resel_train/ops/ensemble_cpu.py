@@ -18,22 +18,27 @@ from resel_train.ops.fold import fold_backward, fold_projections
 
 
 def applies(x: Tensor, projections: list[nn.Linear], n_layers: int) -> bool:
-    """Whether :func:`ensemble_heads` takes these inputs: the CPU kernels' float32, projections with biases, and
-    the critic's three layers."""
+    """Whether :func:`ensemble_heads` takes inputs like ``x``: the CPU kernels' float32, projections with biases,
+    and the critic's three layers."""
     return cpu_kernel.applies_to(x) and n_layers == 3 and all(p.bias is not None for p in projections)
 
 
-def ensemble_heads(x: Tensor, projections: list[nn.Linear], layers: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """x (N, raw inputs + context) -> (members, N, out): the three layers' stacked (weight, bias) of the members
-    to run, the first one's input rows starting with the ``projections``' outputs (see ``fold_projections``)."""
+def ensemble_heads(inputs: list[Tensor], projections: list[nn.Linear], layers: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """``inputs`` (each (..., width): the raw inputs, then the context) -> (members, N, out) over their N rows: the
+    three layers' stacked (weight, bias) of the members to run, the first one's input rows starting with the
+    ``projections``' outputs (see ``fold_projections``). Each input gets its own gradient, and only if it needs
+    one (the policy step's pass through the critic wants the action's alone)."""
     (w1, b1), (w2, b2), (w3, b3) = layers
     proj = [t for p in projections for t in (p.weight, p.bias)]  # inputs of the node, so they get gradients
-    return _KernelEnsemble.apply(x, projections, w1, b1, w2, b2, w3, b3, *proj)
+    return _KernelEnsemble.apply(projections, len(inputs), *inputs, w1, b1, w2, b2, w3, b3, *proj)
 
 
 class _KernelEnsemble(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, projections, w1, b1, w2, b2, w3, b3, *proj):
+    def forward(ctx, projections, n_inputs, *tensors):
+        inputs, (w1, b1, w2, b2, w3, b3) = tensors[:n_inputs], tensors[n_inputs:n_inputs + 6]
+        proj = tensors[n_inputs + 6:]
+        x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs], dim=-1)
         lib = cpu_kernel.load()
         m, in_dim, width = w1.shape
         p_w, p_b = proj[0::2], proj[1::2]
@@ -47,7 +52,7 @@ class _KernelEnsemble(torch.autograd.Function):
         else:
             out = torch.baddbmm(b3, h2, w3)
         ctx.save_for_backward(x, w_fold, flat, h1, h2, w2, w3, *p_w, *p_b)
-        ctx.n_proj = len(p_w)
+        ctx.n_proj, ctx.input_shapes = len(p_w), [t.shape for t in inputs]
         return out
 
     @staticmethod
@@ -56,8 +61,9 @@ class _KernelEnsemble(torch.autograd.Function):
         p_w, p_b = proj[:ctx.n_proj], proj[ctx.n_proj:]
         lib = cpu_kernel.load()
         m, width = h1.shape[0], h1.shape[2]
-        need = ctx.needs_input_grad
-        weights = any(need[1:])
+        n_inputs = len(ctx.input_shapes)
+        need_inputs, need = ctx.needs_input_grad[2:2 + n_inputs], ctx.needs_input_grad[2 + n_inputs:]
+        weights = any(need)
         g = g.contiguous()
         if w3.shape[-1] == 1:
             dh2 = g * w3.transpose(1, 2)
@@ -67,14 +73,18 @@ class _KernelEnsemble(torch.autograd.Function):
             dw3 = torch.bmm(h2.transpose(1, 2), g) if weights else None
         d2 = cpu_kernel.elu_backward(lib, h2, dh2)
         d1 = cpu_kernel.elu_members_backward(lib, h1, torch.bmm(d2, w2.transpose(1, 2)))  # (N, m * width)
-        dx = torch.mm(d1, w_fold.t()) if need[0] else None
+        d_inputs, start = [], 0
+        for shape, needed in zip(ctx.input_shapes, need_inputs):  # the rows of W_fold each input met
+            rows = w_fold[start:start + shape[-1]]
+            d_inputs.append(torch.mm(d1, rows.t()).view(shape) if needed else None)
+            start += shape[-1]
         if not weights:
-            return (dx,) + (None,) * (7 + 2 * ctx.n_proj)
+            return (None, None, *d_inputs) + (None,) * (6 + 2 * ctx.n_proj)
         db_fold = d1.sum(0)
         d_flat, d_pw, d_pb = fold_backward(flat, list(zip(p_w, p_b)), torch.mm(x.t(), d1), db_fold)
         dw1 = d_flat.reshape(flat.shape[0], m, width).transpose(0, 1)
-        grads = [dx, None, dw1, db_fold.reshape(m, 1, width), torch.bmm(h1.transpose(1, 2), d2), d2.sum(1, keepdim=True),
-                 dw3, g.sum(1, keepdim=True)]
+        grads = [None, None, *d_inputs, dw1, db_fold.reshape(m, 1, width), torch.bmm(h1.transpose(1, 2), d2),
+                 d2.sum(1, keepdim=True), dw3, g.sum(1, keepdim=True)]
         for d_w, d_b in zip(d_pw, d_pb):
             grads += [d_w, d_b]
         return tuple(grads)
