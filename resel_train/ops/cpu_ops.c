@@ -280,20 +280,20 @@ void resel_scan_backward(const float *u, const float *dt, const float *A, const 
    x, y, dx, dy: (batch, dim, L); w, dw: (dim, k); bias, dbias: (dim); hist, dhist: (batch, dim, k-1);
    final, dfinal: (batch, dim, k-1), the window carried to the next call (zero before the latest reset).
    Each row runs the unmasked conv over p = [hist, x] (vectorised), then takes the taps that reach past a
-   reset back out: only the k-1 steps after each reset have any. The backward accumulates dw and dbias over
+   reset back out: only the k-1 steps after each reset have any, listed once per batch row (a scalar walk
+   over every step of every channel had cost ~3x the conv itself). The backward accumulates dw and dbias over
    the batch, so row ranges on different threads need their own. */
 
-/* The latest reset at or before each step (-k: none), into start[0..L); returns whether any step has a
-   tap that reaches before its reset. */
-static int latest_resets(const uint8_t *reset_b, int64_t length, int64_t k, int64_t *start) {
-    int64_t s = -k;
-    int any = 0;
+/* The latest reset at or before each step (-k: none), into start[0..L), and the steps with a tap that reaches
+   before their reset (the k-1 after each reset at most), into masked[0..n); returns n. */
+static int64_t latest_resets(const uint8_t *reset_b, int64_t length, int64_t k, int64_t *start, int64_t *masked) {
+    int64_t s = -k, n = 0;
     for (int64_t t = 0; t < length; ++t) {
         if (reset_b && reset_b[t]) s = t;
         start[t] = s;
-        any |= t - (k - 1) < s;
+        if (t - (k - 1) < s) masked[n++] = t;
     }
-    return any;
+    return n;
 }
 
 static void padded_row(const float *x_r, const float *hist_r, int64_t length, int64_t k, float *p) {
@@ -306,13 +306,17 @@ void resel_conv_forward(const float *x, const float *w, const float *bias, const
                         float *y, float *final, int64_t dim, int64_t length, int64_t k,
                         int64_t row_begin, int64_t row_end) {
     float *p = malloc(sizeof(float) * (length + k - 1));
-    int64_t *start = malloc(sizeof(int64_t) * length);
+    int64_t *start = malloc(sizeof(int64_t) * length), *masked = malloc(sizeof(int64_t) * length);
+    int64_t n_masked = 0, start_of = -1; /* start[] and masked[] hold batch row start_of's */
     for (int64_t row = row_begin; row < row_end; ++row) {
         const int64_t b = row / dim, d = row % dim;
         const float *w_d = w + d * k;
         float *y_r = y + row * length;
         padded_row(x + row * length, hist ? hist + row * (k - 1) : NULL, length, k, p); /* p[t + j]: tap j of t */
-        const int masked = latest_resets(reset ? reset + b * length : NULL, length, k, start);
+        if (b != start_of) { /* the resets are per batch row: found once for all its channels */
+            n_masked = latest_resets(reset ? reset + b * length : NULL, length, k, start, masked);
+            start_of = b;
+        }
         const float b_d = bias ? bias[d] : 0.0f;
         for (int64_t t = 0; t < length; ++t) y_r[t] = b_d;
         for (int64_t j = 0; j < k; ++j) {
@@ -320,14 +324,17 @@ void resel_conv_forward(const float *x, const float *w, const float *bias, const
 #pragma omp simd
             for (int64_t t = 0; t < length; ++t) y_r[t] += wj * p_j[t];
         }
-        for (int64_t t = 0; masked && t < length; ++t)
+        for (int64_t i = 0; i < n_masked; ++i) {
+            const int64_t t = masked[i];
             for (int64_t j = 0; t - (k - 1) + j < start[t]; ++j) y_r[t] -= w_d[j] * p[t + j];
+        }
         const int64_t last = length > 0 ? start[length - 1] : -k;
         for (int64_t i = 0; i < k - 1; ++i) {
             const int64_t tt = length - (k - 1) + i;
             final[row * (k - 1) + i] = tt >= last ? p[tt + k - 1] : 0.0f;
         }
     }
+    free(masked);
     free(start);
     free(p);
 }
@@ -336,13 +343,17 @@ void resel_conv_backward(const float *x, const float *w, const uint8_t *reset, c
                          const float *dfinal, float *dx, float *dw, float *dbias, float *dhist,
                          int64_t dim, int64_t length, int64_t k, int64_t row_begin, int64_t row_end) {
     float *p = malloc(sizeof(float) * (length + k - 1)), *dp = malloc(sizeof(float) * (length + k - 1));
-    int64_t *start = malloc(sizeof(int64_t) * length);
+    int64_t *start = malloc(sizeof(int64_t) * length), *masked = malloc(sizeof(int64_t) * length);
+    int64_t n_masked = 0, start_of = -1; /* as in the forward */
     for (int64_t row = row_begin; row < row_end; ++row) {
         const int64_t b = row / dim, d = row % dim;
         const float *w_d = w + d * k, *dy_r = dy + row * length;
         float *dw_d = dw + d * k;
         padded_row(x + row * length, hist ? hist + row * (k - 1) : NULL, length, k, p);
-        const int masked = latest_resets(reset ? reset + b * length : NULL, length, k, start);
+        if (b != start_of) {
+            n_masked = latest_resets(reset ? reset + b * length : NULL, length, k, start, masked);
+            start_of = b;
+        }
         memset(dp, 0, sizeof(float) * (length + k - 1));
         float g_bias = 0.0f;
 #pragma omp simd reduction(+ : g_bias)
@@ -357,7 +368,8 @@ void resel_conv_backward(const float *x, const float *w, const uint8_t *reset, c
             }
             dw_d[j] += acc;
         }
-        for (int64_t t = 0; masked && t < length; ++t) {
+        for (int64_t i = 0; i < n_masked; ++i) {
+            const int64_t t = masked[i];
             for (int64_t j = 0; t - (k - 1) + j < start[t]; ++j) {
                 dp[t + j] -= w_d[j] * dy_r[t];
                 dw_d[j] -= dy_r[t] * p[t + j];
@@ -372,6 +384,7 @@ void resel_conv_backward(const float *x, const float *w, const uint8_t *reset, c
         memcpy(dx + row * length, dp + k - 1, sizeof(float) * length);
         if (dhist) memcpy(dhist + row * (k - 1), dp, sizeof(float) * (k - 1));
     }
+    free(masked);
     free(start);
     free(dp);
     free(p);
