@@ -14,8 +14,9 @@ alone gives the derivative. The GRU
 has no fused reset-aware CPU path in torch (``nn.GRU`` runs ~10 ops per time step there, forward
 and backward); here it is one loop per batch row over the time steps.
 ``resel_train.ops.mamba_cpu`` chains the mixer's kernels (conv, scan, its prologue and epilogue) and its
-projections into one autograd node, and ``resel_train.ops.ensemble_cpu`` does the same for the critic's
-ensemble heads, so neither runs an autograd node per op.
+projections into one autograd node, and the whole Mamba encoder around them into another;
+``resel_train.ops.ensemble_cpu`` does the same for the critic's ensemble heads, so none runs an autograd
+node per op.
 
 The shared library is compiled on first use into ``$XDG_CACHE_HOME/resel/kernels`` (default
 ``~/.cache``), keyed by the source, the compiler and this CPU, and written atomically, so concurrent
