@@ -203,8 +203,9 @@ class _KernelMambaEncoder(torch.autograd.Function):
             s = torch.add(r, _linear(g1, w2, b2))
             h_next, mean, rstd_ln = torch.native_layer_norm(s, (d_model,), ln_w, ln_b, layout.ln_eps)
             if keep:
-                spans.append((len(saved), len(mixer_saved)))
-                saved += [h, norm_w, rstd, *mixer_saved, r, w1, f1, g1, w2, s, mean, rstd_ln, ln_w, ln_b]
+                own = [h, norm_w, rstd, r, w1, f1, g1, w2, s, mean, rstd_ln, ln_w, ln_b]
+                spans.append((len(saved), len(own), len(mixer_saved)))
+                saved += own + mixer_saved
             metas.append(meta)
             finals += [conv_final, last]
             h = h_next
@@ -224,13 +225,9 @@ class _KernelMambaEncoder(torch.autograd.Function):
         n_proj, n_more = len(layout.projections), layout.input_more
         saved = ctx.saved_tensors
         rows, w_fold, hs = saved[0], saved[1], saved[2:3 + n_more]
-        blocks = []
-        for start, n_mixer in ctx.spans:
-            h, norm_w, rstd = saved[start:start + 3]
-            mixer_saved = saved[start + 3:start + 3 + n_mixer]
-            blocks.append((h, norm_w, rstd, mixer_saved, *saved[start + 3 + n_mixer:start + 13 + n_mixer]))
-        start, n_mixer = ctx.spans[-1]
-        e, w_out, w_in, b_in, *rest = saved[start + 13 + n_mixer:]
+        blocks = [(saved[start:start + n_own], saved[start + n_own:start + n_own + n_mixer])
+                  for start, n_own, n_mixer in ctx.spans]
+        e, w_out, w_in, b_in, *rest = saved[sum(ctx.spans[-1]):]
         proj, more = rest[:2 * n_proj], rest[2 * n_proj:]
 
         if g_out is None:  # only a final state was used
@@ -240,7 +237,7 @@ class _KernelMambaEncoder(torch.autograd.Function):
         dh = cpu_kernel.elu_backward(lib, e, torch.mm(g, w_out))
         block_grads = []
         for i in reversed(range(layout.blocks)):
-            h, norm_w, rstd, mixer_saved, r, w1, f1, g1, w2, s, mean, rstd_ln, ln_w, ln_b = blocks[i]
+            (h, norm_w, rstd, r, w1, f1, g1, w2, s, mean, rstd_ln, ln_w, ln_b), mixer_saved = blocks[i]
             d_model = h.shape[1]
             ds, d_ln_w, d_ln_b = torch.ops.aten.native_layer_norm_backward(
                 dh, s, [d_model], mean, rstd_ln, ln_w, ln_b, [True, True, True])
