@@ -6,7 +6,7 @@ input layer (with the history embedding's projections folded in) and ELU, then p
 the residual, the feed-forward (GELU) and LayerNorm, then ELU and the output layer. Each is the same function
 as its generic path (``resel_train.nets.mamba`` and ``resel_train.nets.encoders``, composed op by op under
 autograd), with the backward written out: on a CPU, where every dispatched op and autograd node costs
-microseconds whatever its size, the chain's ~100 nodes, their views and the gradient bookkeeping
+microseconds whatever its size, the chain's dozens of nodes, their views and the gradient bookkeeping
 between them are a sizeable share of its cost at the sizes a laptop trains. The products read
 transposed operands in place (batched matmuls), so no layout copies are made between the kernels.
 """
