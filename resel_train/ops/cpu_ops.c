@@ -68,7 +68,7 @@ static void load_lanes(Lanes *l, const float *u, const float *dt, const float *A
     }
 }
 
-/* h <- the state after step t from the state before it; y_out (LANES) gets C_t . h when not NULL. */
+/* h <- the state after step t from the state before it; y_out (LANES) gets C_t . h. */
 static inline void lanes_step(float *h, const Lanes *l, const float *B_t, const float *C_t, float keep, int64_t t,
                               int64_t d_state, float *y_out) {
     const float *dt_l = l->dt + t * LANES, *u_l = l->u + t * LANES;
@@ -87,7 +87,7 @@ static inline void lanes_step(float *h, const Lanes *l, const float *B_t, const 
             acc[w] += Cn * h_n[w];
         }
     }
-    if (y_out) memcpy(y_out, acc, sizeof acc);
+    memcpy(y_out, acc, sizeof acc);
 }
 
 static Lanes alloc_lanes(int64_t length, int64_t d_state) {
