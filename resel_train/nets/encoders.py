@@ -123,7 +123,7 @@ class MambaEncoder(ContextEncoder):
         """As :meth:`ContextEncoder.forward`; on the CPU kernels the whole encoder is one autograd node
         (``resel_train.ops.mamba_cpu.encoder_scan``), elsewhere the modules run op by op."""
         projections = tuple(projections or ())
-        if not (cpu_kernel.applies_to(x_seq) and all(b.mixer.scan_impl in ("auto", "cpu") for b in self.blocks)
+        if not (all(b.mixer.on_cpu_kernels(x_seq) for b in self.blocks)
                 and all(p.bias is not None for p in projections)):  # (the node's fold takes biased projections)
             return super().forward(x_seq, resets, state, projections or None)
         layout = EncoderLayout(projections, len(self.input_more), len(self.blocks), self.blocks[0].ff_norm.eps)

@@ -69,11 +69,16 @@ class Mamba(nn.Module):
     def _split(self, x_dbl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
 
+    def on_cpu_kernels(self, x: Tensor) -> bool:
+        """Whether the sequence form on ``x`` runs as one node over the CPU kernels (float32 CPU tensors, kernels
+        built, the scan left to ``auto`` or set to ``cpu``); else the generic path below runs."""
+        return self.scan_impl in ("auto", "cpu") and cpu_kernel.applies_to(x)
+
     def forward(self, x: Tensor, reset: Tensor | None, state: MambaState | None = None) -> tuple[Tensor, MambaState]:
         """x (b, L, d_model), reset (b, L) -> y (b, L, d_model), final state."""
         conv_state, ssm_state = (None, None) if state is None else state
         weight = self.conv1d.weight.squeeze(1)
-        if self.scan_impl in ("auto", "cpu") and cpu_kernel.applies_to(x):  # one node over the CPU kernels
+        if self.on_cpu_kernels(x):  # one node over the CPU kernels
             y, conv_final, ssm_final = mixer_scan(x, self.in_proj.weight, weight, self.conv1d.bias, self.x_proj.weight,
                                                   self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
                                                   self.out_proj.weight, reset, conv_state, ssm_state)
